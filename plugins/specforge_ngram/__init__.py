@@ -1,0 +1,1 @@
+"""N-gram prompt-lookup drafter (training-free)."""

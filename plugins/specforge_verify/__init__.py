@@ -1,0 +1,1 @@
+"""Built-in verifiers: chain (EAGLE-style longest prefix / speculative sampling)."""

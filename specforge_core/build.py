@@ -1,0 +1,226 @@
+"""Turn a validated recipe into live objects: target, components, prompts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from .errors import IncompatibleError, InputError, ModelLoadError, RecipeError
+from .recipe import ResolvedRecipe, resolve_path
+from .sampling import SamplingParams
+from .scheduler import SpeculativeGenerator
+from .target import TargetModel, default_adapter
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(f"target.device is '{name}' but CUDA is not available here; use target.device=cpu or auto")
+    return dev
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def load_target(target_cfg, registry=None) -> TargetModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    device = pick_device(target_cfg.device)
+    dtype = pick_dtype(target_cfg.dtype, device)
+    extra = {}
+    if target_cfg.attn_implementation:
+        extra["attn_implementation"] = target_cfg.attn_implementation
+    if target_cfg.config is not None:
+        fields = dict(target_cfg.config)
+        model_type = fields.pop("model_type")
+        try:
+            config = AutoConfig.for_model(model_type, **fields)
+        except Exception as e:
+            raise RecipeError(f"target.config: transformers cannot build a '{model_type}' config: {e}") from None
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
+            torch.manual_seed(int(target_cfg.init_seed))
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
+        source = f"random {model_type} (seed {target_cfg.init_seed})"
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                target_cfg.model, revision=target_cfg.revision, dtype=dtype, **extra
+            )
+        except Exception as e:  # OSError (no network / missing files), ValueError (bad config)
+            raise ModelLoadError(_hub_message("target model", target_cfg.model, e)) from None
+        source = target_cfg.model
+    model.to(device)
+    tokenizer = load_tokenizer(target_cfg, source)
+    adapter = registry.target_adapter(model) if registry is not None else None
+    target = TargetModel(model, tokenizer, adapter or default_adapter(model))
+    if tokenizer is not None and len(tokenizer) > target.vocab_size:
+        raise IncompatibleError(
+            f"tokenizer has {len(tokenizer)} tokens but the target's vocab_size is {target.vocab_size}"
+        )
+    return target
+
+
+def load_tokenizer(target_cfg, source: str):
+    from transformers import AutoTokenizer
+
+    name = target_cfg.tokenizer
+    if name == "bytes":
+        from .byte_tokenizer import byte_tokenizer
+
+        return byte_tokenizer()
+    name = name or target_cfg.model
+    if name is None:
+        raise RecipeError("target.tokenizer is required with target.config (use `bytes` for the built-in byte tokenizer)")
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=target_cfg.revision)
+    except Exception as e:
+        raise ModelLoadError(_hub_message("tokenizer", name, e)) from None
+
+
+def _hub_message(what: str, name: str, err: Exception) -> str:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    local = Path(name).exists()
+    hint = (
+        "the directory exists but does not hold a loadable model (config.json + weights)"
+        if local
+        else "it is neither a local directory nor reachable on the Hugging Face Hub "
+        "(no network? download it once with `hf download " + name + "` and point the recipe at the folder)"
+    )
+    return f"could not load {what} '{name}': {hint}. ({type(err).__name__}: {first[:300]})"
+
+
+@dataclass
+class Pipeline:
+    """Everything one recipe needs at generation time."""
+
+    resolved: ResolvedRecipe
+    target: TargetModel
+    generator: SpeculativeGenerator
+
+    @property
+    def cfg(self):
+        return self.resolved.cfg
+
+    @property
+    def tokenizer(self):
+        return self.target.tokenizer
+
+    def sampling(self, seed: Optional[int] = None) -> SamplingParams:
+        s = self.cfg.sampling
+        return SamplingParams(float(s.temperature), int(s.top_k), float(s.top_p), int(s.seed if seed is None else seed))
+
+    def stop_token_ids(self) -> list[int]:
+        ids = self.cfg.generation.stop_token_ids
+        if ids is not None:
+            return [int(i) for i in ids]
+        out = []
+        eos = getattr(self.target.model.generation_config, "eos_token_id", None)
+        for e in (eos if isinstance(eos, (list, tuple)) else [eos]):
+            if e is not None:
+                out.append(int(e))
+        tok_eos = getattr(self.tokenizer, "eos_token_id", None)
+        if tok_eos is not None and int(tok_eos) not in out:
+            out.append(int(tok_eos))
+        return out
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        """Prompt text -> ids ``[1, t]`` (chat template applied when configured and available)."""
+        if not prompt or not prompt.strip():
+            raise InputError("the prompt is empty: give some text")
+        tok = self.tokenizer
+        gen = self.cfg.generation
+        if gen.chat_template and getattr(tok, "chat_template", None):
+            messages = ([{"role": "system", "content": gen.system_prompt}] if gen.system_prompt else [])
+            messages.append({"role": "user", "content": prompt})
+            ids = tok.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, enable_thinking=False, return_dict=False
+            )
+            if hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        else:
+            ids = tok(prompt, add_special_tokens=True)["input_ids"]
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+        return ids
+
+
+def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
+    cfg = resolved.cfg
+    target = load_target(cfg.target, registry)
+    drafter = resolved.drafter_cls(resolved.drafter_options, block_size=int(cfg.drafter.block_size),
+                                   checkpoint=_ckpt(cfg.drafter.checkpoint, resolved))
+    corrector = None
+    if resolved.corrector_cls is not None:
+        corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=_ckpt(cfg.corrector.checkpoint, resolved))
+    verifier = resolved.verifier_cls(resolved.verifier_options)
+    for comp in (drafter, corrector, verifier):
+        if comp is not None:
+            comp.bind(target)
+    return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector))
+
+
+def _ckpt(p: Optional[str], resolved: ResolvedRecipe) -> Optional[str]:
+    return None if p is None else resolve_path(p, resolved.path)
+
+
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Prompt:
+    question_id: Any
+    category: str
+    text: str
+
+
+def load_prompts(resolved: ResolvedRecipe) -> list[Prompt]:
+    """Prompts of a recipe: ``prompts.inline`` then ``prompts.file`` (Spec-Bench JSONL:
+    ``question_id, category, turns``; the first turn is used), cut to ``prompts.limit``."""
+    cfg = resolved.cfg.prompts
+    out = [Prompt(i, "inline", t) for i, t in enumerate(cfg.inline)]
+    if cfg.file:
+        out += read_prompt_file(resolve_path(cfg.file, resolved.path))
+    if cfg.limit is not None:
+        out = out[: cfg.limit]
+    return out
+
+
+def read_prompt_file(path: str) -> list[Prompt]:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"prompts.file '{path}' does not exist")
+    out = []
+    opener = _gzip_open if p.suffix == ".gz" else open
+    with opener(p) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if "turns" in row:
+                    text = row["turns"][0]
+                else:
+                    text = row.get("prompt") or row.get("text")
+                if not isinstance(text, str):
+                    raise KeyError("turns / prompt / text")
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
+                raise InputError(
+                    f"{path}:{n}: expected a JSON object with `turns` (Spec-Bench) or `prompt` ({e})"
+                ) from None
+            out.append(Prompt(row.get("question_id", n), row.get("category", ""), text))
+    return out
+
+
+def _gzip_open(p):
+    import gzip
+
+    return gzip.open(p, "rt")

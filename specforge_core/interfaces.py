@@ -1,0 +1,257 @@
+"""The public plugin API: Drafter, Corrector, Verifier and the dataclasses they exchange.
+
+Plugins are written against this file only. The scheduler (``scheduler.py``) drives them:
+
+    target prefill -> drafter.draft -> corrector.correct (optional) -> verifier.propose
+    -> one target forward over the candidates -> verifier.accept -> commit -> repeat
+
+Shape letters: ``b`` batch, ``k`` drafted positions in a block, ``n`` candidate nodes to
+verify (``n == k`` for a chain), ``d`` hidden size, ``V`` vocabulary, ``t`` committed tokens.
+
+Conventions every component relies on
+-------------------------------------
+* The *anchor* is the last committed token. It is not yet in the target's KV cache; the
+  verify forward feeds ``[anchor, candidates...]`` so row ``j`` of the target logits predicts
+  the token after the ``j``-th fed token (row 0 predicts the first candidate).
+* A block's ``probs`` is the draft distribution ``q`` from which its tokens were drawn,
+  after the *same* temperature / top-k / top-p warping the verifier applies to the target
+  (``Sampler.probs``). ``probs=None`` means the drafter is deterministic; verifiers treat the
+  tokens as one-hot ``q`` (as vLLM does for n-gram), which keeps speculative sampling exact.
+* Context features are hidden states of the target layers a drafter lists in
+  ``context_layers`` (``hidden_states[l + 1]`` in transformers' numbering, i.e. the output of
+  decoder layer ``l``), concatenated on the last axis: ``[b, rows, len(context_layers) * d]``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence, Union
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sampling import Sampler
+    from .target import TargetModel
+
+Tensor = torch.Tensor
+
+
+# --------------------------------------------------------------------------------------
+# Data exchanged between components
+# --------------------------------------------------------------------------------------
+@dataclass
+class DraftContext:
+    """What a drafter sees at the start of a cycle."""
+
+    tokens: Tensor  # [b, t] every committed token (prompt + generated); tokens[:, -1] is the anchor
+    max_draft: int  # drafts beyond this are wasted (remaining budget / context window)
+    sampler: "Sampler"  # temperature / top-k / top-p and the seeded generator of this request
+
+    @property
+    def anchor(self) -> Tensor:  # [b]
+        return self.tokens[:, -1]
+
+
+@dataclass
+class DraftBlock:
+    """A drafted block. Deterministic drafters fill ``tokens`` (and maybe ``probs``);
+    parallel drafters fill ``hidden`` / ``base_logits`` / ``anchor`` and may leave ``tokens``
+    to be sampled by a Corrector or, with no corrector, by the scheduler from ``base_logits``."""
+
+    tokens: Optional[Tensor] = None  # [b, k] long
+    probs: Optional[Tensor] = None  # [b, k, V] draft distribution q (None: deterministic)
+    hidden: Optional[Tensor] = None  # [b, k, d] per-position drafter states (parallel drafters)
+    base_logits: Union[Tensor, Callable[[], Tensor], None] = None  # [b, k, V] or lazy
+    anchor: Optional[Tensor] = None  # [b] the last committed token the block continues
+
+    @property
+    def num_tokens(self) -> int:
+        if self.tokens is not None:
+            return int(self.tokens.shape[1])
+        if self.hidden is not None:
+            return int(self.hidden.shape[1])
+        return int(self.logits().shape[1])
+
+    def logits(self) -> Tensor:
+        """``base_logits`` materialised (calls the lazy projection once and caches it)."""
+        if callable(self.base_logits):
+            self.base_logits = self.base_logits()
+        if self.base_logits is None:
+            raise ValueError("this block carries no base_logits")
+        return self.base_logits
+
+    def truncate(self, k: int) -> "DraftBlock":
+        """The first ``k`` positions of the block (used to respect the token budget)."""
+
+        def cut(x):
+            return None if x is None else x[:, :k]
+
+        logits = self.base_logits
+        if logits is not None and not callable(logits):
+            logits = logits[:, :k]
+        elif callable(logits):
+            full = logits
+            logits = lambda: full()[:, :k]  # noqa: E731
+        return DraftBlock(cut(self.tokens), cut(self.probs), cut(self.hidden), logits, self.anchor)
+
+
+@dataclass
+class Candidates:
+    """What the target verifies in one forward: ``n`` nodes after the anchor.
+
+    A chain has ``parents = [-1, 0, 1, ...]`` and ``depths = [1, 2, ...]`` and needs no mask.
+    A tree gives each node its parent (``-1`` = the anchor), its depth (position offset from
+    the anchor) and an ancestor-only ``attention_mask`` over the ``n + 1`` fed rows.
+    """
+
+    tokens: Tensor  # [b, n] long
+    probs: Optional[Tensor]  # [b, n, V] q of each node's token (None: one-hot)
+    parents: Tensor  # [n] long, -1 for children of the anchor
+    depths: Tensor  # [n] long, >= 1
+    attention_mask: Optional[Tensor] = None  # [n + 1, n + 1] bool (True = attend), None = causal
+    extra: dict = field(default_factory=dict)  # verifier-private data (e.g. sibling lists)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def is_chain(self) -> bool:
+        return self.attention_mask is None
+
+
+@dataclass
+class Accepted:
+    """The verifier's decision for one cycle (batch size 1 rows are ``[1, ...]``)."""
+
+    tokens: Tensor  # [b, m] committed this cycle: accepted drafts followed by the bonus token
+    num_accepted: Tensor  # [b] long, how many *draft* tokens were accepted (m - 1)
+    path: Tensor  # [b, m - 1] long, indices of the accepted nodes in Candidates (chain: 0..m-2)
+
+
+# --------------------------------------------------------------------------------------
+# Components
+# --------------------------------------------------------------------------------------
+@dataclass
+class NoOptions:
+    """A component without recipe options."""
+
+
+class Component(abc.ABC):
+    """Base of every plugin component.
+
+    ``Options`` is a dataclass of the component's recipe options (``drafter.options`` etc.);
+    the recipe layer validates user keys against it before any model loads, and passes the
+    merged instance to ``__init__``.
+    """
+
+    kind: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    description: ClassVar[str] = ""
+
+    def bind(self, target: "TargetModel") -> None:
+        """Called once after the target is loaded: borrow its embeddings / lm_head, check
+        shapes and raise a clear error (``specforge_core.errors.IncompatibleError``)."""
+
+
+class Drafter(Component):
+    """Proposes a block of draft tokens.
+
+    Class attributes / properties a drafter sets:
+      * ``parallel``: True for block-parallel drafters (DFlash, DFlare) - the only ones a
+        Corrector may be mixed onto - which return ``hidden`` / ``base_logits``.
+      * ``context_layers``: target layer indices whose hidden states it needs (captured in the
+        verify forward; an empty tuple captures nothing).
+    """
+
+    kind = "drafter"
+    parallel: ClassVar[bool] = False
+
+    def __init__(self, options: Any, block_size: int):
+        self.options = options
+        self.block_size = block_size  # max drafted tokens per cycle (recipe `drafter.block_size`)
+
+    @property
+    def context_layers(self) -> Sequence[int]:
+        return ()
+
+    def reset(self) -> None:
+        """Forget per-request state (draft KV cache, etc.)."""
+
+    def commit(self, num_new_rows: int, context_features: Optional[Tensor]) -> None:
+        """Hand the drafter the rows that became committed context this cycle:
+        ``context_features`` is ``[b, num_new_rows, len(context_layers) * d]`` (or None)."""
+
+    @abc.abstractmethod
+    def draft(self, ctx: DraftContext) -> DraftBlock:
+        """Propose at most ``ctx.max_draft`` tokens continuing ``ctx.tokens``."""
+
+    def training_loss(self, batch: Any) -> Tensor:  # pragma: no cover - trained drafters override
+        raise NotImplementedError(f"{type(self).__name__} has no training objective")
+
+
+class Corrector(Component):
+    """Turns a parallel block into causally consistent draft tokens, position by position.
+
+    The default ``correct`` runs ``step`` for each position and samples with the request's
+    sampler; fused implementations (Triton, CUDA graphs) override ``correct`` and must give
+    the same tokens at T=0 and the same ``q`` at T>0.
+    """
+
+    kind = "corrector"
+
+    def __init__(self, options: Any):
+        self.options = options
+
+    def compatible_with(self, drafter: Drafter) -> None:
+        """Raise ``IncompatibleError`` naming the mismatch (hidden size, vocab, not parallel)."""
+        if not getattr(drafter, "parallel", False):
+            from .errors import IncompatibleError
+
+            raise IncompatibleError(
+                f"corrector {type(self).__name__} needs a parallel drafter; "
+                f"{type(drafter).__name__} has parallel = False"
+            )
+
+    @abc.abstractmethod
+    def init_state(self, block: DraftBlock) -> Any:
+        ...
+
+    @abc.abstractmethod
+    def step(self, state: Any, i: int, prev_token: Tensor) -> "tuple[Tensor, Any]":
+        """Logits ``[b, V]`` for block position ``i`` given the token realised at ``i - 1``
+        (``prev_token [b]``; the anchor for ``i == 0``), and the new state."""
+
+    def correct(self, block: DraftBlock, sampler: "Sampler") -> "tuple[Tensor, Tensor]":
+        """Returns ``tokens [b, k]`` and ``probs [b, k, V]`` (the warped q of each position)."""
+        state = self.init_state(block)
+        prev = block.anchor
+        tokens, probs = [], []
+        for i in range(block.num_tokens):
+            logits_i, state = self.step(state, i, prev)  # [b, V]
+            q_i = sampler.probs(logits_i)  # [b, V]
+            prev = sampler.sample_from_probs(q_i)  # [b]
+            tokens.append(prev)
+            probs.append(q_i)
+        return torch.stack(tokens, 1), torch.stack(probs, 1)
+
+    def training_forward(self, block: DraftBlock, teacher_tokens: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} has no training forward")
+
+
+class Verifier(Component):
+    """Decides which drafted tokens the target accepts - losslessly."""
+
+    kind = "verifier"
+
+    def __init__(self, options: Any):
+        self.options = options
+
+    @abc.abstractmethod
+    def propose(self, block_tokens: Tensor, block_probs: Optional[Tensor]) -> Candidates:
+        """Arrange the drafted tokens ``[b, k]`` (and q ``[b, k, V]``) into candidates."""
+
+    @abc.abstractmethod
+    def accept(self, candidates: Candidates, target_logits: Tensor, sampler: "Sampler") -> Accepted:
+        """``target_logits [b, n + 1, V]``: row 0 is the anchor's, row ``j + 1`` node ``j``'s."""

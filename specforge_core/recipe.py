@@ -1,0 +1,302 @@
+"""Recipes: OmegaConf YAML validated against the dataclass schema below.
+
+``load_recipe(path, overrides)``:
+  1. loads the YAML; ``defaults: [other, ...]`` (paths relative to the recipe, ``.yaml``
+     optional) are loaded first, recursively, and the recipe is merged over them;
+  2. applies dotlist overrides (``sampling.temperature=0.7``);
+  3. merges into the schema: an unknown key or a wrong type is a ``RecipeError`` naming the
+     key and the allowed keys;
+  4. resolves plugin names against the registry and validates each plugin's ``options``
+     against its ``Options`` dataclass - all before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import RecipeError
+
+
+@dataclass
+class TargetSection:
+    model: Optional[str] = None  # hub id or local directory of a transformers causal LM
+    config: Optional[Dict[str, Any]] = None  # or: a transformers config (model_type + fields) -> random weights
+    init_seed: int = 0  # seed of the random weights when `config` is used
+    tokenizer: Optional[str] = None  # null = the model's own; "bytes" = built-in byte-level tokenizer
+    revision: Optional[str] = None
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    attn_implementation: Optional[str] = None  # transformers attn_implementation (null = its default)
+
+
+@dataclass
+class DrafterSection:
+    name: str = "ngram"
+    block_size: int = 8  # max draft tokens per cycle: the one source of truth for the block size
+    checkpoint: Optional[str] = None  # local dir or hub id, for drafters that have weights
+    options: Dict[str, Any] = field(default_factory=dict)  # validated against the plugin's Options
+
+
+@dataclass
+class CorrectorSection:
+    name: str = "none"  # "none" = sample drafts straight from the drafter's base logits
+    checkpoint: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VerifierSection:
+    name: str = "chain"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplingSection:
+    temperature: float = 0.0  # 0 = greedy (output identical to greedy decoding)
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int = 0
+
+
+@dataclass
+class GenerationSection:
+    max_new_tokens: int = 128
+    stop_token_ids: Optional[List[int]] = None  # null = the tokenizer's eos token(s)
+    chat_template: bool = True  # wrap prompts with the tokenizer's chat template when it has one
+    system_prompt: Optional[str] = None
+
+
+@dataclass
+class PromptsSection:
+    inline: List[str] = field(default_factory=list)
+    file: Optional[str] = None  # Spec-Bench JSONL (question_id, category, turns) or {"prompt": ...} rows
+    limit: Optional[int] = None  # use the first N prompts
+
+
+@dataclass
+class BenchSection:
+    warmup: int = 1  # untimed prompts before timing (first-call overheads)
+    check_lossless: bool = True  # T=0: compare every output with greedy decoding
+
+
+@dataclass
+class Recipe:
+    name: str = ""
+    description: str = ""
+    target: TargetSection = field(default_factory=TargetSection)
+    drafter: DrafterSection = field(default_factory=DrafterSection)
+    corrector: CorrectorSection = field(default_factory=CorrectorSection)
+    verifier: VerifierSection = field(default_factory=VerifierSection)
+    sampling: SamplingSection = field(default_factory=SamplingSection)
+    generation: GenerationSection = field(default_factory=GenerationSection)
+    prompts: PromptsSection = field(default_factory=PromptsSection)
+    bench: BenchSection = field(default_factory=BenchSection)
+
+
+@dataclass
+class ResolvedRecipe:
+    """A validated recipe plus the plugin classes and option objects it names."""
+
+    cfg: DictConfig  # typed by `Recipe`
+    path: Optional[Path]
+    drafter_cls: Optional[type] = None
+    drafter_options: Any = None
+    corrector_cls: Optional[type] = None
+    corrector_options: Any = None
+    verifier_cls: Optional[type] = None
+    verifier_options: Any = None
+
+    @property
+    def method(self) -> str:
+        parts = [self.cfg.drafter.name]
+        if self.cfg.corrector.name != "none":
+            parts.append(self.cfg.corrector.name)
+        parts.append(self.cfg.verifier.name)
+        return "+".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+def find_recipe(name_or_path: str, extra_dirs: Sequence[str] = ()) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    candidates = [p.with_suffix(".yaml")] if p.suffix == "" else []
+    for d in [Path.cwd() / "recipes", *map(Path, extra_dirs)]:
+        candidates += [d / p.name, d / f"{p.name}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise RecipeError(f"recipe '{name_or_path}' not found (looked for {', '.join(str(c) for c in [p, *candidates])})")
+
+
+def _load_yaml(path: Path, seen: tuple = ()) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        raise RecipeError(f"recipe defaults form a cycle: {' -> '.join(str(s) for s in (*seen, path))}")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, DictConfig):
+        raise RecipeError(f"{path}: a recipe must be a mapping at the top level")
+    defaults = raw.pop("defaults", None) or []
+    if isinstance(defaults, str) or not OmegaConf.is_list(defaults) and not isinstance(defaults, list):
+        raise RecipeError(f"{path}: `defaults` must be a list of recipe paths")
+    merged = OmegaConf.create({})
+    for d in defaults:
+        dp = (path.parent / str(d))
+        if not dp.is_file():
+            dp = dp.with_suffix(".yaml")
+        if not dp.is_file():
+            raise RecipeError(f"{path}: default recipe '{d}' not found next to it ({dp})")
+        merged = OmegaConf.merge(merged, _load_yaml(dp, (*seen, path)))
+    return OmegaConf.merge(merged, raw)
+
+
+def _allowed_keys(full_key: str) -> list[str]:
+    """The schema fields at the parent of ``full_key`` (for "allowed: ..." in errors)."""
+    node: Any = Recipe
+    for part in [p for p in full_key.split(".")[:-1] if p]:
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part not in fields:
+            return []
+        node = fields[part].type if isinstance(fields[part].type, type) else _field_type(node, part)
+    return [f.name for f in dataclasses.fields(node)] if dataclasses.is_dataclass(node) else []
+
+
+def _field_type(cls, name):
+    import typing
+
+    return typing.get_type_hints(cls)[name]
+
+
+def _schema_error(e: OmegaConfBaseException, where: str) -> RecipeError:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+    msg = str(e).split("\n")[0]
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        allowed = _allowed_keys(str(key))
+        return RecipeError(f"{where}: unknown recipe key '{key}'" + (f"; allowed here: {', '.join(allowed)}" if allowed else ""))
+    return RecipeError(f"{where}: bad value for '{key}': {msg}")
+
+
+def validate_options(kind: str, plugin: str, options_cls: type, user: Any) -> Any:
+    """Merge the recipe's ``{kind}.options`` into the plugin's Options dataclass."""
+    try:
+        schema = OmegaConf.structured(options_cls)
+        merged = OmegaConf.merge(schema, user or {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+        allowed = [f.name for f in dataclasses.fields(options_cls)] if dataclasses.is_dataclass(options_cls) else []
+        msg = str(e).split("\n")[0]
+        what = "unknown key" if "not in" in msg else f"bad value ({msg}) for"
+        return _raise(RecipeError(
+            f"{what} '{kind}.options.{key}' for {kind} '{plugin}'; allowed: {', '.join(allowed) or '(no options)'}"
+        ))
+
+
+def _raise(e):
+    raise e
+
+
+def load_recipe(
+    name_or_path: Optional[str] = None,
+    overrides: Sequence[str] = (),
+    registry=None,
+    check_plugins: bool = True,
+    base: Optional[dict] = None,
+) -> ResolvedRecipe:
+    """Load, merge, validate. ``base`` is a dict used instead of a file (tests, embedding)."""
+    path = None
+    if name_or_path is not None:
+        extra = registry.recipe_dirs() if registry is not None else ()
+        path = find_recipe(name_or_path, extra)
+        raw = _load_yaml(path)
+        where = str(path)
+    else:
+        raw = OmegaConf.create(base or {})
+        where = "recipe"
+    for o in overrides:
+        if "=" not in o:
+            raise RecipeError(f"override '{o}' is not of the form key=value (e.g. sampling.temperature=0.7)")
+    try:
+        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise RecipeError(f"bad override: {str(e).splitlines()[0]}") from None
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), raw)
+    except OmegaConfBaseException as e:
+        raise _schema_error(e, where) from None
+    OmegaConf.set_readonly(cfg, False)
+    _check_values(cfg, where)
+    resolved = ResolvedRecipe(cfg=cfg, path=path)
+    if check_plugins:
+        resolve_plugins(resolved, registry)
+    return resolved
+
+
+def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
+    if registry is None:
+        from .registry import default_registry
+
+        registry = default_registry()
+    cfg = resolved.cfg
+    for kind in ("drafter", "verifier", "corrector"):
+        section = cfg[kind]
+        if kind == "corrector" and section.name == "none":
+            continue
+        reg = registry.get(kind, section.name)
+        opts = validate_options(kind, section.name, reg.cls.Options, section.options)
+        setattr(resolved, f"{kind}_cls", reg.cls)
+        setattr(resolved, f"{kind}_options", opts)
+    if resolved.corrector_cls is not None and not getattr(resolved.drafter_cls, "parallel", False):
+        raise RecipeError(
+            f"corrector '{cfg.corrector.name}' needs a parallel drafter (DFlash, DFlare, ...); "
+            f"drafter '{cfg.drafter.name}' is not parallel. Set corrector.name=none or pick a parallel drafter"
+        )
+
+
+def _check_values(cfg: DictConfig, where: str) -> None:
+    def bad(key, msg):
+        raise RecipeError(f"{where}: {key} {msg}")
+
+    t = cfg.target
+    if (t.model is None) == (t.config is None):
+        bad("target", "needs exactly one of `target.model` (hub id or local dir) or `target.config` (random weights)")
+    if t.config is not None and "model_type" not in t.config:
+        bad("target.config", "needs a `model_type` (e.g. qwen3, llama)")
+    if t.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        bad("target.dtype", f"must be one of auto, float32, bfloat16, float16 (got '{t.dtype}')")
+    s = cfg.sampling
+    if s.temperature < 0:
+        bad("sampling.temperature", f"must be >= 0 (got {s.temperature})")
+    if s.top_k < 0:
+        bad("sampling.top_k", f"must be >= 0 (got {s.top_k})")
+    if not 0 < s.top_p <= 1:
+        bad("sampling.top_p", f"must be in (0, 1] (got {s.top_p})")
+    if cfg.generation.max_new_tokens < 1:
+        bad("generation.max_new_tokens", f"must be >= 1 (got {cfg.generation.max_new_tokens})")
+    if cfg.drafter.block_size < 1:
+        bad("drafter.block_size", f"must be >= 1 (got {cfg.drafter.block_size})")
+    if cfg.prompts.limit is not None and cfg.prompts.limit < 1:
+        bad("prompts.limit", f"must be >= 1 (got {cfg.prompts.limit})")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def resolve_path(p: str, recipe_path: Optional[Path]) -> str:
+    """Paths in a recipe are relative to the recipe file (then to the working directory)."""
+    if recipe_path is not None and not os.path.isabs(p):
+        cand = recipe_path.parent / p
+        if cand.exists():
+            return str(cand)
+    return p

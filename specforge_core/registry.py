@@ -1,0 +1,119 @@
+"""The plugin manager: pluggy project ``specforge``, entry-point group ``specforge``.
+
+Nothing here knows a plugin by name: built-ins and third-party plugins are both discovered
+through their distribution's entry points, and every component remembers the distribution
+it came from (``specforge plugins`` shows it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Optional
+
+import pluggy
+
+from . import hookspecs
+from .errors import RecipeError, RegistryError
+from .interfaces import Component, Corrector, Drafter, Verifier
+
+KINDS = {"drafter": Drafter, "corrector": Corrector, "verifier": Verifier}
+
+
+@dataclass(frozen=True)
+class Registration:
+    kind: str
+    name: str
+    cls: type
+    distribution: str  # "name version" of the distribution whose entry point registered it
+    description: str
+
+
+class _Registrar:
+    """What a plugin's ``specforge_register`` receives: adds components on behalf of one
+    distribution."""
+
+    def __init__(self, registry: "Registry", distribution: str):
+        self._registry = registry
+        self._distribution = distribution
+
+    def add(self, cls: type, name: Optional[str] = None, description: Optional[str] = None) -> None:
+        self._registry._add(cls, name or getattr(cls, "name", None) or cls.__name__.lower(),
+                            self._distribution, description)
+
+
+class Registry:
+    def __init__(self, load_entrypoints: bool = True):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self._components: dict[tuple[str, str], Registration] = {}
+        if load_entrypoints:
+            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        self._collect()
+
+    def register_plugin(self, module, distribution: str = "(in-process)") -> None:
+        """Register a plugin module directly (for embedding / notebooks)."""
+        self.pm.register(module)
+        self._dist_override = getattr(self, "_dist_override", {})
+        self._dist_override[id(module)] = distribution
+        self._components.clear()
+        self._collect()
+
+    def _collect(self) -> None:
+        dists = {id(plugin): f"{d.project_name} {d.version}" for plugin, d in self.pm.list_plugin_distinfo()}
+        dists.update(getattr(self, "_dist_override", {}))
+        # call each plugin's hook with a registrar that knows its distribution
+        for impl in self.pm.hook.specforge_register.get_hookimpls():
+            dist = dists.get(id(impl.plugin), impl.plugin_name)
+            impl.function(registry=_Registrar(self, dist))
+
+    def _add(self, cls: type, name: str, distribution: str, description: Optional[str]) -> None:
+        kind = getattr(cls, "kind", None)
+        if kind not in KINDS or not (isinstance(cls, type) and issubclass(cls, KINDS[kind])):
+            raise RegistryError(
+                f"{distribution}: {cls!r} registered as '{name}' is not a Drafter, Corrector or "
+                "Verifier subclass (specforge_core.interfaces)"
+            )
+        if kind == "corrector" and name == "none":
+            raise RegistryError(f"{distribution}: 'none' is reserved (no corrector)")
+        key = (kind, name)
+        if key in self._components:
+            other = self._components[key]
+            raise RegistryError(
+                f"two plugins claim the {kind} name '{name}': {other.cls.__module__}.{other.cls.__qualname__} "
+                f"from {other.distribution} and {cls.__module__}.{cls.__qualname__} from {distribution}; "
+                "uninstall one of them"
+            )
+        doc = description or getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]
+        self._components[key] = Registration(kind, name, cls, distribution, doc)
+
+    # ---- lookup -------------------------------------------------------------------------
+    def names(self, kind: str) -> list[str]:
+        return sorted(n for k, n in self._components if k == kind)
+
+    def get(self, kind: str, name: str) -> Registration:
+        try:
+            return self._components[(kind, name)]
+        except KeyError:
+            allowed = self.names(kind) + (["none"] if kind == "corrector" else [])
+            raise RecipeError(
+                f"unknown {kind} '{name}' ({kind}.name); installed: {', '.join(allowed) or '(none)'}"
+            ) from None
+
+    def all(self) -> list[Registration]:
+        order = list(KINDS)
+        return sorted(self._components.values(), key=lambda r: (order.index(r.kind), r.name))
+
+    def target_adapter(self, model):
+        return self.pm.hook.specforge_target_adapter(model=model)
+
+    def recipe_dirs(self) -> list[str]:
+        return [str(d) for dirs in self.pm.hook.specforge_recipe_dirs() for d in (dirs or [])]
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    return Registry()
+
+
+__all__ = ["Registry", "Registration", "default_registry", "Component"]

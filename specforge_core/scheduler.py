@@ -1,0 +1,147 @@
+"""The draft -> (correct) -> verify -> accept -> commit loop.
+
+Batch size 1 for now; every tensor keeps its batch axis so batching can follow.
+The whole decode loop is ``SpeculativeGenerator.generate`` below.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from .errors import InputError
+from .interfaces import Corrector, DraftBlock, DraftContext, Drafter, Verifier
+from .sampling import Sampler, SamplingParams
+from .target import TargetModel
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class CycleStats:
+    num_drafted: int  # draft tokens verified this cycle
+    num_accepted: int  # of which accepted
+    draft_s: float
+    correct_s: float
+    verify_s: float
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # new tokens (stop token included if hit)
+    prompt_len: int
+    cycles: list[CycleStats] = field(default_factory=list)
+    prefill_s: float = 0.0
+    wall_s: float = 0.0
+    stopped: bool = False  # True if a stop token ended generation
+
+    @property
+    def num_target_forwards(self) -> int:  # verify forwards (prefill excluded)
+        return len(self.cycles)
+
+    @property
+    def tau(self) -> float:
+        """Mean tokens committed per verify forward, bonus included (= 1 + accepted / drafts
+        with every verify forward counted as a draft)."""
+        if not self.cycles:
+            return 0.0
+        return 1.0 + sum(c.num_accepted for c in self.cycles) / len(self.cycles)
+
+    def accepted_per_position(self, width: int) -> list[int]:
+        """How many cycles accepted draft position i (vLLM's num_accepted_tokens_per_pos)."""
+        counts = [0] * width
+        for c in self.cycles:
+            for i in range(min(c.num_accepted, width)):
+                counts[i] += 1
+        return counts
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SpeculativeGenerator:
+    def __init__(self, target: TargetModel, drafter: Drafter, verifier: Verifier,
+                 corrector: Optional[Corrector] = None):
+        self.target, self.drafter, self.verifier, self.corrector = target, drafter, verifier, corrector
+        if corrector is not None:
+            corrector.compatible_with(drafter)
+        target.capture(drafter.context_layers)
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: Tensor, max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
+                 stop_token_ids: Sequence[int] = ()) -> GenerationResult:
+        """``prompt_ids [1, t]`` -> the new tokens, lossless w.r.t. the target's own decoding."""
+        if prompt_ids.dim() == 1:
+            prompt_ids = prompt_ids[None]
+        if prompt_ids.shape[0] != 1:
+            raise InputError(f"batch size {prompt_ids.shape[0]} is not supported yet; pass one prompt")
+        target, drafter = self.target, self.drafter
+        target.check_prompt(prompt_ids.shape[1], max_new_tokens)
+        device = target.device
+        prompt_ids = prompt_ids.to(device)
+        sampler = Sampler(sampling, device)
+        stop = set(int(s) for s in stop_token_ids)
+        drafter.reset()
+        t_start = time.perf_counter()
+
+        # prefill: the first new token comes from the prompt's last logits
+        logits, features = target.prefill(prompt_ids)
+        first = sampler.sample(logits)  # [1]
+        drafter.commit(prompt_ids.shape[1], features)
+        tokens = torch.cat([prompt_ids, first[:, None]], 1)  # [1, t+1]; tokens[:, -1] = anchor
+        new = [int(first)]
+        _sync(device)
+        result = GenerationResult(tokens=new, prompt_len=prompt_ids.shape[1], prefill_s=time.perf_counter() - t_start)
+        result.stopped = new[0] in stop
+
+        while len(new) < max_new_tokens and not result.stopped:
+            # at most (remaining - 1) drafts: the cycle always adds a bonus token
+            budget = max_new_tokens - len(new) - 1
+            t0 = time.perf_counter()
+            block = drafter.draft(DraftContext(tokens=tokens, max_draft=budget, sampler=sampler))
+            if block.num_tokens > budget:
+                block = block.truncate(budget)
+            _sync(device)
+            t1 = time.perf_counter()
+            draft_tokens, draft_probs = self._realise(block, sampler)  # [1, k], [1, k, V] | None
+            _sync(device)
+            t2 = time.perf_counter()
+
+            candidates = self.verifier.propose(draft_tokens, draft_probs)
+            target_logits, features = target.verify(tokens[:, -1], candidates)  # [1, n+1, V]
+            accepted = self.verifier.accept(candidates, target_logits, sampler)
+            a = int(accepted.num_accepted[0])
+            rows = torch.cat([accepted.path.new_zeros(1), accepted.path[0, :a] + 1])  # anchor + accepted nodes
+            target.keep(rows)
+            drafter.commit(a + 1, None if features is None else features[:, rows.to(features.device)])
+            _sync(device)
+            t3 = time.perf_counter()
+
+            committed = accepted.tokens[0, : a + 1].tolist()
+            for i, tok in enumerate(committed):  # stop at the first stop token
+                if tok in stop:
+                    committed = committed[: i + 1]
+                    result.stopped = True
+                    break
+            committed = committed[: max_new_tokens - len(new)]
+            new.extend(committed)
+            tokens = torch.cat([tokens, torch.tensor([committed], device=device)], 1)
+            result.cycles.append(CycleStats(candidates.num_nodes, a, t1 - t0, t2 - t1, t3 - t2))
+
+        result.wall_s = time.perf_counter() - t_start
+        return result
+
+    def _realise(self, block: DraftBlock, sampler: Sampler) -> "tuple[Tensor, Optional[Tensor]]":
+        """Tokens and q for the verifier: from the corrector, from the drafter, or sampled here
+        from the block's base logits (a parallel drafter with no corrector)."""
+        if self.corrector is not None and block.num_tokens > 0:
+            return self.corrector.correct(block, sampler)
+        if block.tokens is not None:
+            return block.tokens, block.probs
+        q = sampler.probs(block.logits())  # [1, k, V]
+        return sampler.sample_from_probs(q), q
