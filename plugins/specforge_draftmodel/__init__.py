@@ -1,0 +1,1 @@
+"""Classic speculative decoding with a small autoregressive draft model (Leviathan et al.)."""
