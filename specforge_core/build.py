@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,16 +156,17 @@ class Pipeline:
 
 def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
     cfg = resolved.cfg
-    target = load_target(cfg.target, registry)
+    # components first: their constructors validate cheaply, before the target loads
     drafter = resolved.drafter_cls(resolved.drafter_options, block_size=int(cfg.drafter.block_size),
                                    checkpoint=_ckpt(cfg.drafter.checkpoint, resolved))
     corrector = None
     if resolved.corrector_cls is not None:
         corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=_ckpt(cfg.corrector.checkpoint, resolved))
     verifier = resolved.verifier_cls(resolved.verifier_options)
+    target = load_target(cfg.target, registry)
     for comp in (drafter, corrector, verifier):
         if comp is not None:
-            comp.bind(target)
+            comp.bind(target)  # loads weights, borrows embeddings, checks shapes
     return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector))
 
 

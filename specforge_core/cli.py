@@ -84,19 +84,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
-def _load(args):
+def _load(args, check_plugins: bool = True):
     from .recipe import load_recipe
     from .registry import default_registry
 
     registry = default_registry()
-    return registry, load_recipe(args.recipe, args.overrides, registry)
+    return registry, load_recipe(args.recipe, args.overrides, registry, check_plugins=check_plugins)
 
 
 def cmd_run(args) -> int:
-    registry, resolved = _load(args)
     if args.dry_run:
+        # the plan is printed even when a plugin is missing, then the missing plugin is the error
+        from .recipe import resolve_plugins
+
+        registry, resolved = _load(args, check_plugins=False)
+        problem = None
+        try:
+            resolve_plugins(resolved, registry)
+        except SpecForgeError as e:
+            problem = e
         print(plan_text(resolved))
+        if problem is not None:
+            raise problem
         return 0
+    registry, resolved = _load(args)
     from .build import build_pipeline, load_prompts
 
     prompt = args.prompt
@@ -175,7 +186,8 @@ def plan_text(resolved) -> str:
     for kind in ("drafter", "corrector", "verifier"):
         cls = getattr(resolved, f"{kind}_cls")
         if cls is None:
-            lines.append(f"{kind}: none")
+            name = cfg[kind].name
+            lines.append(f"{kind}: none" if name == "none" else f"{kind}: {name} (NOT INSTALLED)")
             continue
         extra = ""
         if kind == "drafter":

@@ -143,7 +143,9 @@ class Component(abc.ABC):
 
     ``Options`` is a dataclass of the component's recipe options (``drafter.options`` etc.);
     the recipe layer validates user keys against it before any model loads, and passes the
-    merged instance to ``__init__``.
+    merged instance to ``__init__``. Cross-field checks belong in the dataclass's
+    ``__post_init__`` (raise ``specforge_core.errors.RecipeError``) so they too fire before
+    any model loads. Constructors must not load weights: that happens in ``bind``.
     """
 
     kind: ClassVar[str] = ""
@@ -168,9 +170,10 @@ class Drafter(Component):
     kind = "drafter"
     parallel: ClassVar[bool] = False
 
-    def __init__(self, options: Any, block_size: int):
+    def __init__(self, options: Any, block_size: int, checkpoint: Optional[str] = None):
         self.options = options
         self.block_size = block_size  # max drafted tokens per cycle (recipe `drafter.block_size`)
+        self.checkpoint = checkpoint  # recipe `drafter.checkpoint` (local dir / hub id) or None
 
     @property
     def context_layers(self) -> Sequence[int]:
@@ -201,8 +204,9 @@ class Corrector(Component):
 
     kind = "corrector"
 
-    def __init__(self, options: Any):
+    def __init__(self, options: Any, checkpoint: Optional[str] = None):
         self.options = options
+        self.checkpoint = checkpoint  # recipe `corrector.checkpoint` or None
 
     def compatible_with(self, drafter: Drafter) -> None:
         """Raise ``IncompatibleError`` naming the mismatch (hidden size, vocab, not parallel)."""
@@ -245,7 +249,7 @@ class Verifier(Component):
 
     kind = "verifier"
 
-    def __init__(self, options: Any):
+    def __init__(self, options: Any = None):
         self.options = options
 
     @abc.abstractmethod

@@ -199,6 +199,7 @@ def validate_options(kind: str, plugin: str, options_cls: type, user: Any) -> An
         what = "unknown key" if "not in" in msg else f"bad value ({msg}) for"
         return _raise(RecipeError(
             f"{what} '{kind}.options.{key}' for {kind} '{plugin}'; allowed: {', '.join(allowed) or '(no options)'}"
+            f" (if {kind}.name was changed by an override, the recipe's {kind}.options may belong to the old one)"
         ))
 
 
@@ -248,14 +249,21 @@ def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
 
         registry = default_registry()
     cfg = resolved.cfg
-    for kind in ("drafter", "verifier", "corrector"):
+    problems = []
+    for kind in ("drafter", "corrector", "verifier"):
         section = cfg[kind]
         if kind == "corrector" and section.name == "none":
             continue
-        reg = registry.get(kind, section.name)
-        opts = validate_options(kind, section.name, reg.cls.Options, section.options)
+        try:
+            reg = registry.get(kind, section.name)
+            opts = validate_options(kind, section.name, reg.cls.Options, section.options)
+        except RecipeError as e:
+            problems.append(str(e))
+            continue
         setattr(resolved, f"{kind}_cls", reg.cls)
         setattr(resolved, f"{kind}_options", opts)
+    if problems:
+        raise RecipeError("; ".join(problems))
     if resolved.corrector_cls is not None and not getattr(resolved.drafter_cls, "parallel", False):
         raise RecipeError(
             f"corrector '{cfg.corrector.name}' needs a parallel drafter (DFlash, DFlare, ...); "

@@ -7,6 +7,7 @@ it came from (``specforge plugins`` shows it).
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional
@@ -47,24 +48,45 @@ class Registry:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._components: dict[tuple[str, str], Registration] = {}
+        self._dist_of: dict[int, str] = {}  # id(plugin module) -> "name version"
         if load_entrypoints:
-            self.pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+            self._load_entrypoints()
         self._collect()
+
+    def _load_entrypoints(self) -> None:
+        """Like pluggy's ``load_setuptools_entrypoints``, but a plugin is named
+        ``distribution:entry-point`` - pluggy keys plugins by the bare entry-point name and
+        silently skips a second distribution that reuses one (``ngram = ...``)."""
+        seen = set()
+        for dist in importlib.metadata.distributions():
+            dist_name = dist.metadata["Name"]
+            for ep in dist.entry_points:
+                if ep.group != hookspecs.PROJECT or (dist_name, ep.name, ep.value) in seen:
+                    continue  # the same distribution can be visible twice (egg-info + editable)
+                seen.add((dist_name, ep.name, ep.value))
+                try:
+                    plugin = ep.load()
+                except Exception as e:
+                    raise RegistryError(
+                        f"plugin '{ep.name} = {ep.value}' of distribution {dist_name} {dist.version} "
+                        f"failed to import: {type(e).__name__}: {e}"
+                    ) from None
+                if self.pm.is_registered(plugin):
+                    continue
+                self.pm.register(plugin, name=f"{dist_name}:{ep.name}")
+                self._dist_of[id(plugin)] = f"{dist_name} {dist.version}"
 
     def register_plugin(self, module, distribution: str = "(in-process)") -> None:
         """Register a plugin module directly (for embedding / notebooks)."""
         self.pm.register(module)
-        self._dist_override = getattr(self, "_dist_override", {})
-        self._dist_override[id(module)] = distribution
+        self._dist_of[id(module)] = distribution
         self._components.clear()
         self._collect()
 
     def _collect(self) -> None:
-        dists = {id(plugin): f"{d.project_name} {d.version}" for plugin, d in self.pm.list_plugin_distinfo()}
-        dists.update(getattr(self, "_dist_override", {}))
         # call each plugin's hook with a registrar that knows its distribution
         for impl in self.pm.hook.specforge_register.get_hookimpls():
-            dist = dists.get(id(impl.plugin), impl.plugin_name)
+            dist = self._dist_of.get(id(impl.plugin), impl.plugin_name)
             impl.function(registry=_Registrar(self, dist))
 
     def _add(self, cls: type, name: str, distribution: str, description: Optional[str]) -> None:

@@ -9,7 +9,10 @@ and does the three things the scheduler needs:
 * ``keep(rows)``           - keep only the accepted rows of that forward in the cache
                              (crop for a chain prefix, compaction for a tree path).
 
-Context features (the hidden states a drafter asks for) are captured with forward hooks on
+Context features (the hidden states a drafter asks for) are the outputs of decoder layers -
+``hidden_states[l + 1]`` in transformers' numbering (for the very last layer transformers
+reports the state after the final norm; we give the layer's own output). They are captured
+with forward hooks on
 exactly the requested decoder layers, in the same forward that verifies - not via
 ``output_hidden_states=True``, which would materialise every layer.
 """
@@ -176,6 +179,7 @@ class TargetModel:
         self._last_fed = ids.shape[1]
         return out.logits.float(), self._features()
 
+    @torch.inference_mode()
     def keep(self, rows: Tensor) -> None:
         """Keep the fed rows ``rows [m]`` (indices into the last verify input, ascending,
         starting with 0 = the anchor) and drop the rest from the KV cache."""

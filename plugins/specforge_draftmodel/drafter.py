@@ -31,11 +31,10 @@ class DraftModelDrafter(Drafter):
     parallel = False
 
     def __init__(self, options: DraftModelOptions, block_size: int, checkpoint: Optional[str] = None):
-        super().__init__(options, block_size)
+        super().__init__(options, block_size, checkpoint)
         if (checkpoint is None) == (options.config is None):
             raise RecipeError("drafter draft_model needs exactly one of drafter.checkpoint (a model dir / hub id) "
                               "or drafter.options.config (random weights)")
-        self.checkpoint = checkpoint
         self.model = None
         self.reset()
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from specforge_core.errors import RecipeError
 from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
 
 
@@ -18,6 +19,13 @@ from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
 class NgramOptions:
     max_ngram: int = 3  # longest suffix to match (vLLM prompt_lookup_max)
     min_ngram: int = 1  # shortest suffix to match (vLLM prompt_lookup_min)
+
+    def __post_init__(self):
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise RecipeError(
+                f"drafter.options: need 1 <= min_ngram <= max_ngram, got min_ngram={self.min_ngram}, "
+                f"max_ngram={self.max_ngram}"
+            )
 
 
 class NgramDrafter(Drafter):
@@ -27,13 +35,9 @@ class NgramDrafter(Drafter):
     parallel = False
 
     def __init__(self, options: NgramOptions, block_size: int, checkpoint=None):
-        super().__init__(options, block_size)
-        if not 1 <= options.min_ngram <= options.max_ngram:
-            from specforge_core.errors import RecipeError
-
-            raise RecipeError(
-                f"drafter.options: need 1 <= min_ngram <= max_ngram, got {options.min_ngram}, {options.max_ngram}"
-            )
+        super().__init__(options, block_size, checkpoint)
+        if checkpoint is not None:
+            raise RecipeError("drafter ngram has no weights: remove drafter.checkpoint")
 
     def draft(self, ctx: DraftContext) -> DraftBlock:
         k = min(self.block_size, ctx.max_draft)

@@ -31,9 +31,6 @@ from specforge_core.sampling import Sampler, residual
 class ChainVerifier(Verifier):
     """Longest accepted prefix (T=0) / speculative sampling with the residual (T>0)."""
 
-    def __init__(self, options=None):
-        super().__init__(options)
-
     def propose(self, block_tokens: torch.Tensor, block_probs) -> Candidates:
         n = block_tokens.shape[1]
         ar = torch.arange(n, device=block_tokens.device)

@@ -1,0 +1,52 @@
+"""The plugin-author guide's example (examples/specforge-bigram) installed as its own
+distribution, found through its entry point and run losslessly through `specforge bench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(site), str(ROOT / "examples" / "specforge-bigram")],
+        check=True, capture_output=True, text=True,
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(site))
+    return site, env
+
+
+def test_listed_with_its_distribution(installed):
+    site, env = installed
+    assert (site / "specforge_bigram-0.1.0.dist-info" / "entry_points.txt").is_file()
+    out = subprocess.run([sys.executable, "-m", "specforge_core.cli", "plugins", "--json"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    rows = {(r["kind"], r["name"]): r for r in json.loads(out)}
+    assert rows[("drafter", "bigram")]["distribution"] == "specforge-bigram 0.1.0"
+    assert ("drafter", "ngram") in rows  # built-ins still there
+
+
+def test_bench_is_lossless(installed, tmp_path):
+    _, env = installed
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "specforge_core.cli", "bench", str(ROOT / "recipes" / "smoke.yaml"),
+         "drafter.name=bigram", "drafter.options.min_count=2", "generation.max_new_tokens=48",
+         "--json", str(out), "--no-progress"],
+        env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["method"] == "bigram+chain"
+    assert result["lossless"] is True
+    assert result["num_accepted_tokens"] > 0  # the drafter really proposed accepted tokens
