@@ -50,3 +50,14 @@ def test_bench_is_lossless(installed, tmp_path):
     assert result["method"] == "bigram+chain"
     assert result["lossless"] is True
     assert result["num_accepted_tokens"] > 0  # the drafter really proposed accepted tokens
+
+
+def test_docs_show_the_example_verbatim():
+    """docs/plugins.md shows the example's code; keep the two from drifting apart."""
+    import re
+
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    shown = re.search(r"`specforge_bigram/__init__.py`:\n\n```python\n(.*?)```", docs, re.S).group(1)
+    source = (ROOT / "examples" / "specforge-bigram" / "specforge_bigram" / "__init__.py").read_text()
+    code = source.split('"""', 2)[2].lstrip("\n")  # drop the module docstring
+    assert shown == code

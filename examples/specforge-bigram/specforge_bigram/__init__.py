@@ -24,9 +24,6 @@ class BigramDrafter(Drafter):
     Options = BigramOptions
     parallel = False
 
-    def __init__(self, options, block_size, checkpoint=None):
-        super().__init__(options, block_size)
-
     def draft(self, ctx: DraftContext) -> DraftBlock:
         seq = ctx.tokens[0].tolist()
         follows = defaultdict(Counter)
