@@ -1,0 +1,1 @@
+"""DFlash block-parallel drafter (z-lab/dflash layout), inference and training objective."""

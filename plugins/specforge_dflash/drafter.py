@@ -1,0 +1,154 @@
+"""DFlash (and, with ``fusion = True``, DFlare) as a SpecForge parallel drafter.
+
+Per cycle (reference-implementations.md section 1, "Generation loop"):
+  block = [anchor, MASK x (bs - 1)] at positions start .. start + bs - 1 (start = anchor position)
+  one draft forward over [new context rows ; block]; the draft KV cache keeps context rows only
+  (cropped back to ``start`` afterwards); block output k predicts token start + k (DFlash), or
+  start + k + 1 with ``shift_label`` (Domino checkpoints), so a block drafts bs - 1 (bs) tokens.
+The drafter returns per-position ``hidden`` and lazy ``base_logits`` (the target's lm_head);
+tokens are sampled from them by a Corrector or, without one, by the scheduler - with q = the
+warped base distribution, so speculative sampling at T>0 is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from transformers import DynamicCache
+
+from specforge_core.errors import RecipeError
+from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
+
+from .layout import check_against_target, load_draft
+from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
+from .training import block_training_loss
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class DFlashOptions:
+    # a fresh (untrained) drafter when drafter.checkpoint is null: fields overriding the
+    # defaults derived from the target (num_hidden_layers, intermediate_size, target_layer_ids,
+    # mask_token_id, ...)
+    config: Optional[Dict[str, Any]] = None
+    init_seed: int = 0
+
+
+class DFlashDrafter(Drafter):
+    """DFlash block-parallel drafter: one forward drafts a whole block from target features."""
+
+    Options = DFlashOptions
+    parallel = True
+    fusion = False  # DFlare overrides
+
+    def __init__(self, options: DFlashOptions, block_size: int, checkpoint: Optional[str] = None):
+        super().__init__(options, block_size, checkpoint)
+        if checkpoint is not None and options.config is not None:
+            raise RecipeError(f"drafter: give drafter.checkpoint or drafter.options.config, not both")
+        self.model: Optional[DFlashDraftModel] = None
+        self.reset()
+
+    # ---- set-up -------------------------------------------------------------------------
+    def bind(self, target) -> None:
+        if self.checkpoint is not None:
+            model = load_draft(self.checkpoint, target, fusion=self.fusion)
+        else:
+            arch = fresh_arch(target, self.options.config or {}, fusion=self.fusion, block_size=self.block_size)
+            check_against_target(arch, target, "drafter.options.config")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(self.options.init_seed))
+                model = DFlashDraftModel(arch)
+                init_weights(model, float((self.options.config or {}).get("initializer_range", 0.02)))
+        self.attach(model.to(device=target.device, dtype=target.dtype), target)
+
+    def attach(self, model: DFlashDraftModel, target) -> None:
+        """Use ``model`` with ``target``'s embeddings and lm_head (borrowed, never copied)."""
+        self.model = model
+        self.arch: DraftArch = model.arch
+        self.embed_tokens = target.adapter.embed_tokens
+        self.lm_head = target.adapter.lm_head
+        self.device = target.device
+
+    @property
+    def context_layers(self):
+        return tuple(self.arch.target_layer_ids)
+
+    @property
+    def drafts_per_block(self) -> int:
+        return self.block_size if self.arch.shift_label else self.block_size - 1
+
+    # ---- per request --------------------------------------------------------------------
+    def reset(self) -> None:
+        self.cache = DynamicCache()
+        self.pending: Optional[Tensor] = None  # [b, rows, T*H] context rows not yet in the draft cache
+
+    def commit(self, num_new_rows: int, context_features: Optional[Tensor]) -> None:
+        if context_features is None:
+            return
+        self.pending = context_features if self.pending is None else torch.cat([self.pending, context_features], 1)
+
+    @torch.inference_mode()
+    def draft(self, ctx: DraftContext) -> DraftBlock:
+        start = ctx.tokens.shape[1] - 1  # position of the anchor
+        shift = 1 if self.arch.shift_label else 0
+        # a shorter block when the budget is small: k drafts need k + 1 - shift block rows
+        rows = max(1, min(self.block_size, ctx.max_draft + 1 - shift))
+        b = ctx.tokens.shape[0]
+        block_ids = torch.full((b, rows), self.arch.mask_token_id, dtype=torch.long, device=self.device)
+        block_ids[:, 0] = ctx.anchor
+        cached = self.cache.get_seq_length()
+        new_ctx = self.pending if self.pending is not None else self.embed_tokens.weight.new_zeros(b, 0, len(self.arch.target_layer_ids) * self.arch.hidden_size)
+        assert cached + new_ctx.shape[1] == start, "context rows out of step with committed tokens"
+        positions = torch.arange(cached, start + rows, device=self.device)[None].expand(b, -1)
+        hidden = self.model(self.embed_tokens(block_ids), new_ctx, positions, cache=self.cache)  # [b, rows, H]
+        self.pending = None
+        self.cache.crop(start - self.cache.get_seq_length())  # keep context rows only (crop(-n) drops n)
+        hidden = hidden if shift else hidden[:, 1:]  # [b, drafts, H]
+        hidden = hidden[:, : max(ctx.max_draft, 0)]
+        lm_head = self.lm_head
+        return DraftBlock(hidden=hidden, base_logits=lambda: lm_head(hidden).float(), anchor=ctx.anchor)
+
+    # ---- training -------------------------------------------------------------------------
+    def training_loss(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return block_training_loss(self.model, self.embed_tokens, self.lm_head, batch)
+
+
+def fresh_arch(target, overrides: Dict[str, Any], fusion: bool, block_size: int) -> DraftArch:
+    """Architecture of a new drafter for ``target``: Qwen3 shapes of the target unless overridden."""
+    tc = target.model.config
+    tc = tc.get_text_config() if hasattr(tc, "get_text_config") else tc
+    o = dict(overrides)
+    o.pop("initializer_range", None)
+    heads = int(o.pop("num_attention_heads", tc.num_attention_heads))
+    layers = int(o.pop("num_hidden_layers", 1))
+    L = target.num_layers
+    ids = o.pop("target_layer_ids", None)
+    if ids is None:
+        ids = [min(max(i, 0), L - 1) for i in default_target_layer_ids(L, layers)]
+    tok = target.tokenizer
+    mask_id = o.pop("mask_token_id", None)
+    if mask_id is None:  # the first id past the tokenizer (as Qwen3's 151669), else the last id
+        mask_id = len(tok) if tok is not None and len(tok) < target.vocab_size else target.vocab_size - 1
+    arch = DraftArch(
+        hidden_size=target.hidden_size, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=int(o.pop("num_key_value_heads", getattr(tc, "num_key_value_heads", heads))),
+        head_dim=int(o.pop("head_dim", getattr(tc, "head_dim", None) or target.hidden_size // heads)),
+        intermediate_size=int(o.pop("intermediate_size", tc.intermediate_size)), vocab_size=target.vocab_size,
+        target_layer_ids=[int(i) for i in ids], mask_token_id=int(mask_id), block_size=block_size,
+        num_target_layers=L, rms_norm_eps=float(o.pop("rms_norm_eps", getattr(tc, "rms_norm_eps", 1e-6))),
+        rope_theta=float(o.pop("rope_theta", 1e6)), max_position_embeddings=target.context_length,
+        fusion=fusion, shift_label=bool(o.pop("shift_label", False)),
+    )
+    if o:
+        raise RecipeError(f"drafter.options.config: unknown field(s) {', '.join(sorted(o))}")
+    return arch
+
+
+def init_weights(model: torch.nn.Module, std: float) -> None:
+    """Qwen3's init: normal(0, std) for Linear weights; norms stay at 1; fusion weights keep theirs."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=std)

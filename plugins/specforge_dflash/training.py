@@ -1,0 +1,109 @@
+"""The DFlash / DFlare training objective (reference-implementations.md section 4).
+
+For each sequence: sample random anchor positions; each anchor ``a`` gets a block
+``[x_a, MASK x (bs - 1)]`` at positions ``a .. a + bs - 1``. All blocks are drafted in one
+forward with a block attention mask over ``KV = [context S | block_0 | block_1 | ...]``:
+a query of block j sees context rows ``< a_j`` (strictly: the anchor's own target feature is
+not visible, as at inference) and every row of its own block (bidirectional); other blocks
+are invisible. Block position k predicts ``x[a + k]`` (k = 1 .. bs - 1) with weight
+``w_k = exp(-(k - 1) / gamma)`` (DFlash), or with ``shift_label`` position k predicts
+``x[a + k + 1]`` (k = 0 .. bs - 1) with ``w_k = exp(-k / gamma)`` (Domino). Weights are zeroed
+where the label is outside the sequence or not an assistant token (``loss_mask``).
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def sample_anchors(loss_mask: Tensor, num_anchors: int, generator=None) -> "tuple[Tensor, Tensor]":
+    """loss_mask [b, S] -> anchors [b, A] (sorted) and keep [b, A] (False = padding).
+    An anchor p needs an assistant token right after it (loss_mask[p + 1])."""
+    b, S = loss_mask.shape
+    valid = torch.zeros_like(loss_mask, dtype=torch.bool)
+    valid[:, :-1] = loss_mask[:, 1:].bool()
+    counts = valid.sum(1)
+    A = max(1, min(num_anchors, int(counts.max())))
+    anchors = torch.zeros(b, A, dtype=torch.long, device=loss_mask.device)
+    keep = torch.zeros(b, A, dtype=torch.bool, device=loss_mask.device)
+    for i in range(b):
+        cand = valid[i].nonzero().squeeze(-1)
+        n = min(A, cand.numel())
+        if n == 0:
+            continue
+        pick = cand[torch.randperm(cand.numel(), generator=generator, device="cpu")[:n].to(cand.device)]
+        anchors[i, :n] = pick.sort().values
+        keep[i, :n] = True
+    return anchors, keep
+
+
+def block_mask(anchors: Tensor, keep: Tensor, seq_len: int, bs: int) -> Tensor:
+    """[b, 1, A*bs, S + A*bs] bool, True = attend."""
+    b, A = anchors.shape
+    q_block = torch.arange(A * bs, device=anchors.device) // bs  # [A*bs] block of each query
+    ctx_ok = torch.arange(seq_len, device=anchors.device)[None, None, :] < anchors.repeat_interleave(bs, 1)[:, :, None]
+    own = q_block[:, None] == q_block[None, :]  # [A*bs, A*bs]
+    blk_ok = own[None].expand(b, -1, -1)
+    mask = torch.cat([ctx_ok, blk_ok], -1) & keep.repeat_interleave(bs, 1)[:, :, None]
+    # a padded block sees nothing; give it its own row so softmax stays finite (weights are 0)
+    mask |= (~keep.repeat_interleave(bs, 1))[:, :, None] & torch.cat(
+        [torch.zeros(b, A * bs, seq_len, dtype=torch.bool, device=anchors.device), blk_ok], -1)
+    return mask[:, None]
+
+
+def block_forward(model, embed_tokens, batch: Dict[str, Tensor], num_anchors: int, generator=None):
+    """Draft every anchor block in one forward. Returns hidden [b, A, bs, H], labels [b, A, bs],
+    weights [b, A, bs] (decay x validity), anchors [b, A]."""
+    ids, loss_mask, feats = batch["input_ids"], batch["loss_mask"], batch["target_hidden"]
+    arch = model.arch
+    bs, b, S = arch.block_size, ids.shape[0], ids.shape[1]
+    anchors, keep = sample_anchors(loss_mask, num_anchors, generator)
+    A = anchors.shape[1]
+    offs = torch.arange(bs, device=ids.device)
+    block_ids = torch.full((b, A, bs), arch.mask_token_id, dtype=torch.long, device=ids.device)
+    block_ids[:, :, 0] = ids.gather(1, anchors)
+    positions = torch.cat([torch.arange(S, device=ids.device)[None].expand(b, -1),
+                           (anchors[:, :, None] + offs).reshape(b, A * bs)], 1)
+    mask = block_mask(anchors, keep, S, bs)
+    hidden = model(embed_tokens(block_ids.reshape(b, A * bs)), feats, positions, cache=None, mask=mask)
+    hidden = hidden.reshape(b, A, bs, -1)
+    shift = 1 if arch.shift_label else 0
+    label_pos = anchors[:, :, None] + offs + shift  # [b, A, bs]
+    in_bounds = label_pos < S
+    labels = ids.gather(1, label_pos.clamp_max(S - 1).reshape(b, -1)).reshape(b, A, bs)
+    label_mask = loss_mask.gather(1, label_pos.clamp_max(S - 1).reshape(b, -1)).reshape(b, A, bs).bool()
+    k = offs.float()
+    gamma = float(batch.get("gamma", 7.0))
+    decay = torch.exp(-(k - (1 - shift)).clamp_min(0) / gamma)  # DFlash: exp(-(k-1)/g), k>=1; Domino: exp(-k/g)
+    position_ok = offs >= (1 - shift)  # DFlash: position 0 (the anchor) has no label
+    weights = decay * (position_ok & in_bounds & label_mask & keep[:, :, None]).float()
+    return hidden, labels, weights, anchors
+
+
+def weighted_ce(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    ce = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
+
+
+def block_metrics(logits: Tensor, labels: Tensor, weights: Tensor) -> Dict[str, Tensor]:
+    """Accuracy on supervised positions and the estimated accept length of each block
+    (consecutive correct drafts from the first supervised position, + 1 bonus)."""
+    with torch.no_grad():
+        supervised = weights > 0
+        correct = (logits.argmax(-1) == labels) & supervised
+        acc = correct.sum() / supervised.sum().clamp_min(1)
+        run = (correct | ~supervised).long().cumprod(-1) * supervised.long()
+        blocks = supervised.any(-1)
+        accept = (run.sum(-1).float() + 1)[blocks].mean() if blocks.any() else torch.tensor(1.0)
+    return {"accuracy": acc, "accept_len": accept}
+
+
+def block_training_loss(model, embed_tokens, lm_head, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    hidden, labels, weights, _ = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)))
+    logits = lm_head(hidden)  # [b, A, bs, V]
+    return {"loss": weighted_ce(logits, labels, weights), **block_metrics(logits, labels, weights)}
