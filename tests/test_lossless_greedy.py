@@ -11,6 +11,8 @@ from specforge_core.errors import InputError
 from specforge_core.registry import default_registry
 from specforge_core.sampling import SamplingParams
 from specforge_core.scheduler import SpeculativeGenerator
+from specforge_dflare.plugin import DFlareDrafter
+from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
 from specforge_draftmodel.drafter import DraftModelDrafter, DraftModelOptions
 from specforge_ngram.drafter import NgramDrafter, NgramOptions
 
@@ -24,6 +26,10 @@ def make_drafter(kind: str, block_size: int, target):
         d = DraftModelDrafter(DraftModelOptions(config=tiny_qwen3_config(), init_seed=target.seed), block_size)
     elif kind == "draft_model_other":  # a different model: a mix of accepts and rejects
         d = DraftModelDrafter(DraftModelOptions(config=tiny_qwen3_config(), init_seed=target.seed + 100), block_size)
+    elif kind in ("dflash", "dflare"):  # untrained block drafters (random weights)
+        cls = DFlareDrafter if kind == "dflare" else DFlashDrafter
+        d = cls(DFlashOptions(config={"num_hidden_layers": 2, "target_layer_ids": [0, 1],
+                                      "initializer_range": 0.2}, init_seed=target.seed), block_size)
     else:
         raise ValueError(kind)
     d.bind(target)
@@ -48,7 +54,10 @@ def target(request):
     return t
 
 
-@pytest.mark.parametrize("drafter_kind", ["ngram", "draft_model_same", "draft_model_other"])
+DRAFTERS = ["ngram", "draft_model_same", "draft_model_other", "dflash", "dflare"]
+
+
+@pytest.mark.parametrize("drafter_kind", DRAFTERS)
 @pytest.mark.parametrize("block_size", [1, 4, 8])
 @pytest.mark.parametrize("verifier_cls", verifiers(), ids=lambda c: c.__name__)
 def test_greedy_identical_to_ar(target, drafter_kind, block_size, verifier_cls):
@@ -66,7 +75,7 @@ def test_greedy_identical_to_ar(target, drafter_kind, block_size, verifier_cls):
         assert accepted_any  # the perfect drafter must actually exercise multi-token commits
 
 
-@pytest.mark.parametrize("drafter_kind", ["ngram", "draft_model_same", "draft_model_other"])
+@pytest.mark.parametrize("drafter_kind", DRAFTERS)
 def test_stop_token_mid_block(target, drafter_kind):
     """A stop token inside an accepted block ends generation right after it, like generate()."""
     drafter = make_drafter(drafter_kind, 8, target)

@@ -21,6 +21,8 @@ from specforge_core.interfaces import Candidates
 from specforge_core.registry import default_registry
 from specforge_core.sampling import Sampler, SamplingParams
 from specforge_core.scheduler import SpeculativeGenerator
+from specforge_dflare.plugin import DFlareDrafter
+from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
 from specforge_draftmodel.drafter import DraftModelDrafter, DraftModelOptions
 from specforge_ngram.drafter import NgramDrafter, NgramOptions
 
@@ -98,13 +100,17 @@ def exact_joint(target, prompt: torch.Tensor, steps: int, sampler: Sampler) -> t
     return p.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
 
 
-@pytest.mark.parametrize("drafter_kind", ["draft_model", "ngram"])
+@pytest.mark.parametrize("drafter_kind", ["draft_model", "ngram", "dflash", "dflare"])
 def test_end_to_end_distribution(drafter_kind):
     vocab, steps, n_samples = 4, 4, 3000
     target = tiny_target(seed=5, vocab=vocab, hidden=32, init_range=0.6)
     if drafter_kind == "draft_model":
         drafter = DraftModelDrafter(DraftModelOptions(config=tiny_qwen3_config(vocab=vocab, hidden=32, init_range=0.6),
                                                       init_seed=11), block_size=3)
+    elif drafter_kind in ("dflash", "dflare"):
+        cls = DFlareDrafter if drafter_kind == "dflare" else DFlashDrafter
+        drafter = cls(DFlashOptions(config={"num_hidden_layers": 1, "target_layer_ids": [1], "mask_token_id": 3,
+                                            "initializer_range": 0.5}, init_seed=2), block_size=3)
     else:
         drafter = NgramDrafter(NgramOptions(max_ngram=2, min_ngram=1), block_size=3)
     drafter.bind(target)
