@@ -190,8 +190,24 @@ class Drafter(Component):
     def draft(self, ctx: DraftContext) -> DraftBlock:
         """Propose at most ``ctx.max_draft`` tokens continuing ``ctx.tokens``."""
 
-    def training_loss(self, batch: Any) -> Tensor:  # pragma: no cover - trained drafters override
-        raise NotImplementedError(f"{type(self).__name__} has no training objective")
+    # ---- training (drafters with weights implement these) --------------------------------
+    def training_module(self) -> "torch.nn.Module":
+        """The module whose parameters ``specforge train`` optimises."""
+        raise NotImplementedError(f"drafter {type(self).__name__} cannot be trained")
+
+    def training_loss(self, batch: dict) -> dict:
+        """``batch``: ``input_ids [b, S]``, ``loss_mask [b, S]``, ``target_hidden [b, S, F]`` (the
+        context features of ``context_layers``), ``generator`` (seeded, for random anchors) and
+        the recipe's ``num_anchors`` / ``gamma``. Returns ``{"loss": scalar, **metrics}``."""
+        raise NotImplementedError(f"drafter {type(self).__name__} has no training objective")
+
+    def save_pretrained(self, directory) -> None:
+        """Write the weights + config in the drafter's published layout (atomically)."""
+        raise NotImplementedError(f"drafter {type(self).__name__} has no weights to save")
+
+    def load_weights(self, directory) -> None:
+        """Load weights written by ``save_pretrained`` into the bound drafter."""
+        raise NotImplementedError(f"drafter {type(self).__name__} has no weights to load")
 
 
 class Corrector(Component):

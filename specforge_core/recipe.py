@@ -87,6 +87,43 @@ class BenchSection:
 
 
 @dataclass
+class TrainDataSection:
+    prompts: Optional[str] = None  # local JSONL (turns / prompt / text / conversations) or HF dataset id
+    split: str = "train"  # for a dataset id
+    field: Optional[str] = None  # prompt field (default: auto-detect)
+    limit: Optional[int] = None  # use the first N prompts
+    max_length: int = 3072  # prompt + regenerated response, in tokens
+    regen_max_new_tokens: int = 256  # response length the target regenerates
+    regen_temperature: float = 0.0  # 0 = the target's greedy response
+    cache_dir: Optional[str] = None  # default: <output_dir>/data
+
+
+@dataclass
+class TrainingSection:
+    output_dir: str = "runs/train"  # checkpoints/, final/, metrics.jsonl; a rerun resumes from here
+    data: TrainDataSection = field(default_factory=TrainDataSection)
+    num_anchors: int = 512  # random anchor blocks per sequence
+    gamma: float = 7.0  # position decay w_k = exp(-(k-1)/gamma)
+    epochs: int = 1
+    max_steps: Optional[int] = None  # overrides epochs
+    batch_size: int = 1  # sequences per micro-batch (per rank)
+    grad_accum: int = 1
+    lr: float = 6e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.04
+    max_grad_norm: float = 1.0
+    save_every: int = 100  # optimizer steps between checkpoints (0 = only at the end)
+    keep_last: int = 2
+    eval_every: int = 0  # optimizer steps between tau evaluations (0 = only at the end)
+    eval_prompts: Optional[str] = None  # held-out JSONL; default: the recipe's `prompts`
+    eval_limit: int = 8
+    eval_max_new_tokens: int = 64
+    seed: int = 0
+    export_dir: Optional[str] = None  # final weights in the published layout; default <output_dir>/final
+    export_dtype: str = "bfloat16"
+
+
+@dataclass
 class Recipe:
     name: str = ""
     description: str = ""
@@ -98,6 +135,7 @@ class Recipe:
     generation: GenerationSection = field(default_factory=GenerationSection)
     prompts: PromptsSection = field(default_factory=PromptsSection)
     bench: BenchSection = field(default_factory=BenchSection)
+    training: TrainingSection = field(default_factory=TrainingSection)
 
 
 @dataclass
@@ -293,6 +331,14 @@ def _check_values(cfg: DictConfig, where: str) -> None:
         bad("generation.max_new_tokens", f"must be >= 1 (got {cfg.generation.max_new_tokens})")
     if cfg.drafter.block_size < 1:
         bad("drafter.block_size", f"must be >= 1 (got {cfg.drafter.block_size})")
+    tr = cfg.training
+    for key in ("epochs", "batch_size", "grad_accum", "num_anchors", "keep_last", "eval_limit", "eval_max_new_tokens"):
+        if tr[key] < 1:
+            bad(f"training.{key}", f"must be >= 1 (got {tr[key]})")
+    if tr.lr <= 0 or not 0 <= tr.warmup_ratio < 1 or tr.gamma <= 0:
+        bad("training", f"needs lr > 0, 0 <= warmup_ratio < 1, gamma > 0 (got {tr.lr}, {tr.warmup_ratio}, {tr.gamma})")
+    if tr.export_dtype not in ("float32", "bfloat16", "float16"):
+        bad("training.export_dtype", f"must be float32, bfloat16 or float16 (got '{tr.export_dtype}')")
     if cfg.prompts.limit is not None and cfg.prompts.limit < 1:
         bad("prompts.limit", f"must be >= 1 (got {cfg.prompts.limit})")
 

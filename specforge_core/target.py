@@ -195,6 +195,12 @@ class TargetModel:
         if drop > 0:
             self.cache.crop(-drop)  # transformers 5: crop(-n) removes the last n positions
 
+    @torch.no_grad()
+    def hidden_features(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Context features ``[b, S, F]`` of whole sequences (training; no KV cache)."""
+        self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+        return self._features()
+
     @torch.inference_mode()
     def greedy_reference(self, input_ids: Tensor, max_new_tokens: int, stop_token_ids: Sequence[int] = ()) -> Tensor:
         """Plain autoregressive greedy decoding with transformers' ``generate`` - the ground

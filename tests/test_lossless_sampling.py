@@ -41,8 +41,9 @@ def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: f
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), stat / 2))
 
 
-def chain_verifier():
-    return default_registry().get("verifier", "chain").cls(None)
+def chain_verifier(rule: str = "residual"):
+    cls = default_registry().get("verifier", "chain").cls
+    return cls(cls.Options(rule=rule))
 
 
 @pytest.mark.parametrize("warp", [dict(temperature=1.0), dict(temperature=0.7, top_k=5), dict(temperature=1.3, top_p=0.8)])
@@ -100,8 +101,9 @@ def exact_joint(target, prompt: torch.Tensor, steps: int, sampler: Sampler) -> t
     return p.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
 
 
-@pytest.mark.parametrize("drafter_kind", ["draft_model", "ngram", "dflash", "dflare"])
-def test_end_to_end_distribution(drafter_kind):
+@pytest.mark.parametrize("drafter_kind,rule", [("draft_model", "residual"), ("ngram", "residual"),
+                                               ("dflash", "residual"), ("dflare", "residual"), ("dflash", "match")])
+def test_end_to_end_distribution(drafter_kind, rule):
     vocab, steps, n_samples = 4, 4, 3000
     target = tiny_target(seed=5, vocab=vocab, hidden=32, init_range=0.6)
     if drafter_kind == "draft_model":
@@ -114,7 +116,7 @@ def test_end_to_end_distribution(drafter_kind):
     else:
         drafter = NgramDrafter(NgramOptions(max_ngram=2, min_ngram=1), block_size=3)
     drafter.bind(target)
-    gen = SpeculativeGenerator(target, drafter, chain_verifier())
+    gen = SpeculativeGenerator(target, drafter, chain_verifier(rule))
     prompt = torch.tensor([[0, 1, 2, 3, 0, 1]])
     params = dict(temperature=0.9)
     p = exact_joint(target, prompt, steps, Sampler(SamplingParams(**params)))

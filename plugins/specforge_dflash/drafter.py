@@ -13,6 +13,7 @@ warped base distribution, so speculative sampling at T>0 is exact.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -21,7 +22,7 @@ from transformers import DynamicCache
 from specforge_core.errors import RecipeError
 from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
 
-from .layout import check_against_target, load_draft
+from .layout import check_against_target, load_draft, save_draft
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
 from .training import block_training_loss
 
@@ -112,8 +113,20 @@ class DFlashDrafter(Drafter):
         return DraftBlock(hidden=hidden, base_logits=lambda: lm_head(hidden).float(), anchor=ctx.anchor)
 
     # ---- training -------------------------------------------------------------------------
+    def training_module(self) -> torch.nn.Module:
+        return self.model
+
     def training_loss(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return block_training_loss(self.model, self.embed_tokens, self.lm_head, batch)
+
+    def save_pretrained(self, directory, dtype: Optional[torch.dtype] = None) -> None:
+        save_draft(Path(directory), self.model, dtype=dtype or next(self.model.parameters()).dtype)
+
+    def load_weights(self, directory) -> None:
+        from specforge_core.checkpoint import load_state_dict
+
+        tensors = load_state_dict(Path(directory), self.model.expected_shapes())
+        self.model.load_state_dict({k: v.to(next(self.model.parameters()).dtype) for k, v in tensors.items()})
 
 
 def fresh_arch(target, overrides: Dict[str, Any], fusion: bool, block_size: int) -> DraftArch:

@@ -104,6 +104,7 @@ def block_metrics(logits: Tensor, labels: Tensor, weights: Tensor) -> Dict[str, 
 
 
 def block_training_loss(model, embed_tokens, lm_head, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    hidden, labels, weights, _ = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)))
+    hidden, labels, weights, _ = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)),
+                                               batch.get("generator"))
     logits = lm_head(hidden)  # [b, A, bs, V]
     return {"loss": weighted_ce(logits, labels, weights), **block_metrics(logits, labels, weights)}

@@ -18,18 +18,40 @@ T > 0 (speculative sampling, Leviathan et al. 2023 / Chen et al. 2023)
       = min(q, p)(y) + max(0, p - q)(y) = p(y),
     because sum_z max(0, p - q) = 1 - sum_z min(p, q). Deterministic drafters (``q=None``) are
     one-hot q: accept with probability p(x_i), residual = p with x_i removed, renormalised.
+
+rule = "match" (the DFlash / Domino reference loop, kept for parity)
+    draw y_i ~ p_i at every position and accept while x_i == y_i; emit y_{a+1}. Exact too (every
+    emitted token is a draw from p given the committed prefix), but it accepts with
+    probability sum_x q(x) p(x) <= sum_x min(q(x), p(x)) - never more than residual sampling.
 """
 
 from __future__ import annotations
 
 import torch
 
+from dataclasses import dataclass
+
+from specforge_core.errors import RecipeError
 from specforge_core.interfaces import Accepted, Candidates, Verifier
 from specforge_core.sampling import Sampler, residual
 
 
+@dataclass
+class ChainOptions:
+    rule: str = "residual"  # T>0 acceptance: residual (speculative sampling) | match (reference loop)
+
+    def __post_init__(self):
+        if self.rule not in ("residual", "match"):
+            raise RecipeError(f"verifier.options.rule must be 'residual' or 'match' (got '{self.rule}')")
+
+
 class ChainVerifier(Verifier):
     """Longest accepted prefix (T=0) / speculative sampling with the residual (T>0)."""
+
+    Options = ChainOptions
+
+    def __init__(self, options: ChainOptions = None):
+        super().__init__(options or ChainOptions())
 
     def propose(self, block_tokens: torch.Tensor, block_probs) -> Candidates:
         n = block_tokens.shape[1]
@@ -40,11 +62,12 @@ class ChainVerifier(Verifier):
         drafts = candidates.tokens  # [b, n]
         b, n = drafts.shape
         rows = torch.arange(b, device=drafts.device)
-        if sampler.greedy:
-            target_argmax = target_logits.argmax(-1)  # [b, n+1]
-            match = (drafts == target_argmax[:, :n]).long()  # [b, n]
+        if sampler.greedy or self.options.rule == "match":
+            # greedy: the target's argmax; match: one sample of p at every position
+            target_tokens = target_logits.argmax(-1) if sampler.greedy else sampler.sample(target_logits)  # [b, n+1]
+            match = (drafts == target_tokens[:, :n]).long()  # [b, n]
             num_accepted = match.cumprod(1).sum(1)  # [b]
-            bonus = target_argmax[rows, num_accepted]  # [b]
+            bonus = target_tokens[rows, num_accepted]  # [b]
         else:
             p = sampler.probs(target_logits)  # [b, n+1, V]
             p_draft = p[:, :n].gather(-1, drafts[..., None]).squeeze(-1)  # [b, n] p_i(x_i)

@@ -1,0 +1,1 @@
+"""Training: data regeneration by the target, a resumable trainer, the `specforge train` wiring."""
