@@ -171,9 +171,11 @@ def test_plugin_option_wrong_type():
         load("drafter.options.max_ngram=abc")
 
 
-def test_options_on_a_plugin_without_options():
-    with pytest.raises(RecipeError, match=r"verifier\.options\.x.*no options"):
+def test_unknown_verifier_option_lists_allowed():
+    with pytest.raises(RecipeError, match=r"verifier\.options\.x.*allowed: rule"):
         load("verifier.options.x=1")
+    with pytest.raises(RecipeError, match=r"rule must be 'residual' or 'match'"):
+        load("verifier.options.rule=maybe")
 
 
 class _TinyCorrector(Corrector):

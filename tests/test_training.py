@@ -35,10 +35,15 @@ def tau_of(overrides: list[str]) -> float:
     return make_evaluator(r, target, d)()["tau"]
 
 
-def test_training_raises_tau_and_caches_data(tmp_path):
-    out = tmp_path / "run"
-    r = load_recipe(RECIPE, [f"training.output_dir={out}"])
-    metrics = train(r, progress=False)
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    metrics = train(load_recipe(RECIPE, [f"training.output_dir={out}"]), progress=False)
+    return out, metrics
+
+
+def test_training_raises_tau_and_caches_data(trained_run, tmp_path):
+    out, metrics = trained_run
     trained = tau_of([f"drafter.checkpoint={out / 'final'}", "drafter.options.config=null"])
     untrained = tau_of([])
     assert untrained < 1.1  # random drafter: essentially nothing accepted
@@ -56,6 +61,27 @@ def test_training_raises_tau_and_caches_data(tmp_path):
     train(r2, progress=False)
     assert cache[0].stat().st_mtime_ns == stamp
     assert not (tmp_path / "run2" / "data").exists()
+
+
+def test_residual_sampling_accepts_more_than_matching(trained_run):
+    """At T>0 the trained drafter's drafts go through speculative sampling with its own q,
+    which accepts more than the reference loop's "sample the target and match" rule."""
+    from specforge_core.build import build_pipeline, load_prompts
+
+    out, _ = trained_run
+    taus = {}
+    for rule in ("residual", "match"):
+        r = load_recipe(RECIPE, [f"drafter.checkpoint={out / 'final'}", "drafter.options.config=null",
+                                 "sampling.temperature=1.0", f"verifier.options.rule={rule}"])
+        pipe = build_pipeline(r)
+        cycles = accepted = 0
+        for seed in range(3):
+            for p in load_prompts(r):
+                res = pipe.generator.generate(pipe.encode(p.text), 48, pipe.sampling(seed), pipe.stop_token_ids())
+                cycles += len(res.cycles)
+                accepted += sum(c.num_accepted for c in res.cycles)
+        taus[rule] = 1 + accepted / cycles
+    assert taus["residual"] > taus["match"] + 0.05, taus
 
 
 def _run_train(out: Path, *extra: str, **popen) -> subprocess.Popen:
