@@ -102,6 +102,7 @@ class TrainDataSection:
 class TrainingSection:
     output_dir: str = "runs/train"  # checkpoints/, final/, metrics.jsonl; a rerun resumes from here
     data: TrainDataSection = field(default_factory=TrainDataSection)
+    features: str = "online"  # target context features: online (same step) | offline (cached to disk once)
     num_anchors: int = 512  # random anchor blocks per sequence
     gamma: float = 7.0  # position decay w_k = exp(-(k-1)/gamma)
     epochs: int = 1
@@ -337,6 +338,8 @@ def _check_values(cfg: DictConfig, where: str) -> None:
             bad(f"training.{key}", f"must be >= 1 (got {tr[key]})")
     if tr.lr <= 0 or not 0 <= tr.warmup_ratio < 1 or tr.gamma <= 0:
         bad("training", f"needs lr > 0, 0 <= warmup_ratio < 1, gamma > 0 (got {tr.lr}, {tr.warmup_ratio}, {tr.gamma})")
+    if tr.features not in ("online", "offline"):
+        bad("training.features", f"must be online or offline (got '{tr.features}')")
     if tr.export_dtype not in ("float32", "bfloat16", "float16"):
         bad("training.export_dtype", f"must be float32, bfloat16 or float16 (got '{tr.export_dtype}')")
     if cfg.prompts.limit is not None and cfg.prompts.limit < 1:

@@ -63,6 +63,23 @@ def test_training_raises_tau_and_caches_data(trained_run, tmp_path):
     assert not (tmp_path / "run2" / "data").exists()
 
 
+def test_offline_features_train_like_online(trained_run, tmp_path):
+    """features=offline caches the target's context features once and trains on them:
+    the same steps give the same weights as online capture (up to float noise)."""
+    out, _ = trained_run
+    common = [f"training.data.cache_dir={out / 'data'}", "training.max_steps=5"]
+    train(load_recipe(RECIPE, [f"training.output_dir={tmp_path / 'on'}", *common]), progress=False)
+    train(load_recipe(RECIPE, [f"training.output_dir={tmp_path / 'off'}", "training.features=offline", *common]),
+          progress=False)
+    cached = list((out / "data").glob("features-*"))
+    assert len(cached) == 1 and len(list(cached[0].glob("*.safetensors"))) == 64
+    a = load_file(str(tmp_path / "on" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "off" / "final" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(a[k], load_file(str(out / "final" / "model.safetensors"))[k]) for k in a)
+
+
 def test_residual_sampling_accepts_more_than_matching(trained_run):
     """At T>0 the trained drafter's drafts go through speculative sampling with its own q,
     which accepts more than the reference loop's "sample the target and match" rule."""

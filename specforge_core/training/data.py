@@ -215,3 +215,41 @@ def collate(seqs: list[TokenizedSequence], pad_id: int = 0) -> dict[str, Tensor]
         n = len(s.input_ids)
         ids[i, :n], loss[i, :n], attn[i, :n] = s.input_ids, s.loss_mask, 1
     return {"input_ids": ids, "loss_mask": loss, "attention_mask": attn}
+
+
+def cache_features(target, sequences: list[TokenizedSequence], directory: Path, progress: bool = True) -> Path:
+    """Offline mode: the target's context features of every sequence, one safetensors file
+    each (``target_hidden [S, F]``, written atomically), computed once and reused."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in range(len(sequences)) if not (directory / f"{i:08d}.safetensors").is_file()]
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="caching target features", unit="seq")
+    for i in todo:
+        ids = sequences[i].input_ids[None].to(target.device)
+        feats = target.hidden_features(ids)[0].cpu().contiguous()  # [S, F]
+        f = directory / f"{i:08d}.safetensors"
+        tmp = f.with_name(f.name + f".tmp-{os.getpid()}")
+        save_file({"target_hidden": feats}, str(tmp))
+        os.replace(tmp, f)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return directory
+
+
+def load_features(directory: Path, indices: list[int], length: int) -> Tensor:
+    """Cached features of ``indices``, right-padded to ``length``: [b, length, F]."""
+    from safetensors.torch import load_file
+
+    rows = [load_file(str(Path(directory) / f"{i:08d}.safetensors"))["target_hidden"] for i in indices]
+    out = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    for j, r in enumerate(rows):
+        out[j, : r.shape[0]] = r
+    return out

@@ -12,7 +12,7 @@ from ..errors import RecipeError
 from ..recipe import ResolvedRecipe, resolve_path
 from ..sampling import SamplingParams
 from ..scheduler import SpeculativeGenerator
-from .data import RegenConfig, collate, read_prompts, regenerate
+from .data import RegenConfig, cache_features, cache_key, collate, load_features, read_prompts, regenerate
 from .trainer import Trainer, TrainerConfig, init_distributed, world
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,10 +59,21 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
         if rank != 0:
             sequences = regenerate(target, prompts, regen, cache_dir, target_id, progress=False)
     pad = getattr(target.tokenizer, "pad_token_id", None) or 0
+    features_dir = None
+    if tr.features == "offline":  # computed once, reused by every epoch and every later run
+        layers = "-".join(map(str, drafter.context_layers))
+        features_dir = cache_dir / f"features-{cache_key(target_id, prompts, regen)}-L{layers}-{target.dtype}".replace("torch.", "")
+        if rank == 0:
+            cache_features(target, sequences, features_dir, progress)
+        if world_size > 1:
+            dist.barrier()
 
     def make_batch(idx: list[int]) -> dict:
         batch = {k: v.to(target.device) for k, v in collate([sequences[i] for i in idx], pad).items()}
-        batch["target_hidden"] = target.hidden_features(batch["input_ids"], batch["attention_mask"])
+        if features_dir is not None:
+            batch["target_hidden"] = load_features(features_dir, idx, batch["input_ids"].shape[1]).to(target.device)
+        else:
+            batch["target_hidden"] = target.hidden_features(batch["input_ids"], batch["attention_mask"])
         batch["num_anchors"], batch["gamma"] = tr.num_anchors, tr.gamma
         return batch
 
