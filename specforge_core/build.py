@@ -164,6 +164,8 @@ def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
         corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=_ckpt(cfg.corrector.checkpoint, resolved))
     verifier = resolved.verifier_cls(resolved.verifier_options)
     target = load_target(cfg.target, registry)
+    if corrector is not None:
+        corrector.compatible_with(drafter)  # before bind: a corrector may take its weights from the drafter's checkpoint
     for comp in (drafter, corrector, verifier):
         if comp is not None:
             comp.bind(target)  # loads weights, borrows embeddings, checks shapes

@@ -201,8 +201,20 @@ class Drafter(Component):
         the recipe's ``num_anchors`` / ``gamma``. Returns ``{"loss": scalar, **metrics}``."""
         raise NotImplementedError(f"drafter {type(self).__name__} has no training objective")
 
-    def save_pretrained(self, directory) -> None:
-        """Write the weights + config in the drafter's published layout (atomically)."""
+    def training_blocks(self, batch: dict) -> dict:
+        """Parallel drafters: draft random anchor blocks of ``batch`` (as in ``training_loss``)
+        and return the drafted rows for a corrector's training: ``hidden [n, k, d]``,
+        ``labels [n, k]``, ``weights [n, k]`` (position decay x validity), ``anchor [n]``."""
+        raise NotImplementedError(f"drafter {type(self).__name__} cannot train a corrector")
+
+    def project_logits(self, hidden: Tensor) -> Tensor:
+        """Parallel drafters: base logits ``[.., V]`` of per-position states ``[.., d]``."""
+        raise NotImplementedError(f"drafter {type(self).__name__} has no base logits")
+
+    def save_pretrained(self, directory, dtype=None, extra_tensors=None, config_updates=None) -> None:
+        """Write the weights + config in the drafter's published layout (atomically);
+        ``extra_tensors`` / ``config_updates`` let a corrector stored in the same checkpoint
+        (the published Domino layout) add its keys and config fields."""
         raise NotImplementedError(f"drafter {type(self).__name__} has no weights to save")
 
     def load_weights(self, directory) -> None:
@@ -225,7 +237,9 @@ class Corrector(Component):
         self.checkpoint = checkpoint  # recipe `corrector.checkpoint` or None
 
     def compatible_with(self, drafter: Drafter) -> None:
-        """Raise ``IncompatibleError`` naming the mismatch (hidden size, vocab, not parallel)."""
+        """Raise ``IncompatibleError`` naming the mismatch (hidden size, vocab, not parallel).
+        Called twice: before ``bind`` (the drafter is not bound yet; a corrector may remember
+        it, e.g. to read its weights from the drafter's checkpoint) and after both are bound."""
         if not getattr(drafter, "parallel", False):
             from .errors import IncompatibleError
 
@@ -256,8 +270,25 @@ class Corrector(Component):
             probs.append(q_i)
         return torch.stack(tokens, 1), torch.stack(probs, 1)
 
-    def training_forward(self, block: DraftBlock, teacher_tokens: Tensor) -> Tensor:  # pragma: no cover
-        raise NotImplementedError(f"{type(self).__name__} has no training forward")
+    # ---- training (correctors with weights implement these) -------------------------------
+    def training_forward(self, block: DraftBlock, teacher_tokens: Tensor) -> Tensor:
+        """Teacher forcing: final logits ``[n, k, V]`` of a block whose realised tokens are the
+        ground truth ``teacher_tokens [n, k]`` (position i sees the tokens before it)."""
+        raise NotImplementedError(f"corrector {type(self).__name__} has no training forward")
+
+    def training_module(self) -> "torch.nn.Module":
+        raise NotImplementedError(f"corrector {type(self).__name__} cannot be trained")
+
+    def checkpoint_tensors(self) -> dict:
+        """Tensors to store next to the drafter's (one checkpoint holds both)."""
+        raise NotImplementedError(f"corrector {type(self).__name__} has no weights to save")
+
+    def checkpoint_config(self) -> dict:
+        """config.json fields (merged into the drafter's) describing this corrector."""
+        return {}
+
+    def load_weights(self, directory) -> None:
+        raise NotImplementedError(f"corrector {type(self).__name__} has no weights to load")
 
 
 class Verifier(Component):

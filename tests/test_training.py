@@ -101,6 +101,38 @@ def test_residual_sampling_accepts_more_than_matching(trained_run):
     assert taus["residual"] > taus["match"] + 0.05, taus
 
 
+def test_domino_head_raises_tau_over_the_same_dflash(trained_run, tmp_path):
+    """recipes/train_domino_tiny.yaml: a Domino head trained on the frozen tiny DFlash drafter
+    (teacher forcing + base-anchored curriculum) raises tau over that drafter alone."""
+    out, metrics = trained_run
+    dom = tmp_path / "domino"
+    recipe = str(ROOT / "recipes" / "train_domino_tiny.yaml")
+    r = load_recipe(recipe, [f"drafter.checkpoint={out / 'final'}", f"training.output_dir={dom}",
+                             f"training.data.cache_dir={out / 'data'}"])
+    dm = train(r, progress=False)
+    assert dm["lambda_base"] < 0.01  # the curriculum decayed to (almost) 0 by the end
+    # the frozen backbone is unchanged: the exported backbone keys equal the DFlash checkpoint's
+    a, b = load_file(str(out / "final" / "model.safetensors")), load_file(str(dom / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert {k for k in b if k not in a} == {"prefix_gru.weight_ih_l0", "prefix_gru.weight_hh_l0",
+                                            "embed_proj.0.weight", "embed_proj.2.weight"}
+    # the exported checkpoint alone gives DFlash + Domino (published Domino layout)
+    from specforge_core.build import load_target
+    from specforge_core.training.run import make_evaluator
+
+    r2 = load_recipe(recipe, [f"drafter.checkpoint={dom / 'final'}", "corrector.options.config=null"])
+    target = load_target(r2.cfg.target)
+    d = r2.drafter_cls(r2.drafter_options, block_size=8, checkpoint=str(dom / "final"))
+    c = r2.corrector_cls(r2.corrector_options)
+    c.compatible_with(d)
+    d.bind(target)
+    c.bind(target)
+    target.capture(d.context_layers)
+    with_domino = make_evaluator(r2, target, d, c)()["tau"]
+    assert abs(with_domino - dm["eval_tau"]) < 1e-9
+    assert with_domino > metrics["eval_tau"] + 0.08, (with_domino, metrics["eval_tau"])
+
+
 def _run_train(out: Path, *extra: str, **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "specforge_core.cli", "train", RECIPE, f"training.output_dir={out}",
            "training.max_steps=240", "training.save_every=10", "training.keep_last=3", "--no-progress", *extra]

@@ -22,9 +22,9 @@ from transformers import DynamicCache
 from specforge_core.errors import RecipeError
 from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
 
-from .layout import check_against_target, load_draft, save_draft
+from .layout import CORRECTOR_PREFIXES, check_against_target, load_draft, save_draft
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
-from .training import block_training_loss
+from .training import block_training_loss, training_blocks
 
 Tensor = torch.Tensor
 
@@ -119,13 +119,23 @@ class DFlashDrafter(Drafter):
     def training_loss(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
         return block_training_loss(self.model, self.embed_tokens, self.lm_head, batch)
 
-    def save_pretrained(self, directory, dtype: Optional[torch.dtype] = None) -> None:
-        save_draft(Path(directory), self.model, dtype=dtype or next(self.model.parameters()).dtype)
+    def training_blocks(self, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return training_blocks(self.model, self.embed_tokens, batch)
+
+    def project_logits(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(hidden)
+
+    def save_pretrained(self, directory, dtype: Optional[torch.dtype] = None, extra_tensors=None,
+                        config_updates=None) -> None:
+        save_draft(Path(directory), self.model, dtype=dtype or next(self.model.parameters()).dtype,
+                   extra_tensors=extra_tensors, config_updates=config_updates)
 
     def load_weights(self, directory) -> None:
-        from specforge_core.checkpoint import load_state_dict
+        from specforge_core.checkpoint import check_keys, load_state_dict
 
-        tensors = load_state_dict(Path(directory), self.model.expected_shapes())
+        tensors = {k: v for k, v in load_state_dict(Path(directory), None, {"model.": ""}).items()
+                   if not k.startswith(CORRECTOR_PREFIXES)}
+        check_keys(tensors, self.model.expected_shapes(), str(directory))
         self.model.load_state_dict({k: v.to(next(self.model.parameters()).dtype) for k, v in tensors.items()})
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
-import torch.nn.functional as F
+
+from specforge_core.training.losses import block_metrics, weighted_ce
 
 Tensor = torch.Tensor
 
@@ -85,26 +86,20 @@ def block_forward(model, embed_tokens, batch: Dict[str, Tensor], num_anchors: in
     return hidden, labels, weights, anchors
 
 
-def weighted_ce(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
-    ce = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
-    return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
-
-
-def block_metrics(logits: Tensor, labels: Tensor, weights: Tensor) -> Dict[str, Tensor]:
-    """Accuracy on supervised positions and the estimated accept length of each block
-    (consecutive correct drafts from the first supervised position, + 1 bonus)."""
-    with torch.no_grad():
-        supervised = weights > 0
-        correct = (logits.argmax(-1) == labels) & supervised
-        acc = correct.sum() / supervised.sum().clamp_min(1)
-        run = (correct | ~supervised).long().cumprod(-1) * supervised.long()
-        blocks = supervised.any(-1)
-        accept = (run.sum(-1).float() + 1)[blocks].mean() if blocks.any() else torch.tensor(1.0)
-    return {"accuracy": acc, "accept_len": accept}
-
-
 def block_training_loss(model, embed_tokens, lm_head, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
     hidden, labels, weights, _ = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)),
                                                batch.get("generator"))
     logits = lm_head(hidden)  # [b, A, bs, V]
     return {"loss": weighted_ce(logits, labels, weights), **block_metrics(logits, labels, weights)}
+
+
+def training_blocks(model, embed_tokens, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The drafted rows of every kept anchor block, flattened for a corrector's training:
+    hidden [n, k, H], labels [n, k], weights [n, k], anchor [n] (token ids)."""
+    hidden, labels, weights, anchors = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)),
+                                                     batch.get("generator"))
+    first = 0 if model.arch.shift_label else 1  # DFlash: block row 0 (the anchor) drafts nothing
+    anchor_ids = batch["input_ids"].gather(1, anchors)  # [b, A]
+    keep = weights.sum(-1) > 0  # [b, A]
+    return {"hidden": hidden[:, :, first:][keep], "labels": labels[:, :, first:][keep],
+            "weights": weights[:, :, first:][keep], "anchor": anchor_ids[keep]}

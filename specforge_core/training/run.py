@@ -12,24 +12,45 @@ from ..errors import RecipeError
 from ..recipe import ResolvedRecipe, resolve_path
 from ..sampling import SamplingParams
 from ..scheduler import SpeculativeGenerator
+from .losses import corrector_loss, curriculum_lambda
 from .data import RegenConfig, cache_features, cache_key, collate, load_features, read_prompts, regenerate
 from .trainer import Trainer, TrainerConfig, init_distributed, world
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_drafter_for_training(resolved: ResolvedRecipe, target):
+def build_for_training(resolved: ResolvedRecipe, target):
+    """Bind the drafter (and corrector) and return the module whose parameters are trained:
+    the drafter, the corrector alone (frozen drafter), or both (``training.component``)."""
     cfg = resolved.cfg
-    ckpt = cfg.drafter.checkpoint
+    component = cfg.training.component
+
+    def ckpt(p):
+        return None if p is None else resolve_path(p, resolved.path)
+
     drafter = resolved.drafter_cls(resolved.drafter_options, block_size=int(cfg.drafter.block_size),
-                                   checkpoint=None if ckpt is None else resolve_path(ckpt, resolved.path))
+                                   checkpoint=ckpt(cfg.drafter.checkpoint))
+    corrector = None
+    if resolved.corrector_cls is not None:
+        corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=ckpt(cfg.corrector.checkpoint))
+        corrector.compatible_with(drafter)
     drafter.bind(target)
+    if corrector is not None:
+        corrector.bind(target)
+        corrector.compatible_with(drafter)
+    parts = {}
     try:
-        module = drafter.training_module()
+        if component in ("drafter", "both"):
+            parts["drafter"] = drafter.training_module()
+        if component in ("corrector", "both"):
+            parts["corrector"] = corrector.training_module()
+        if component == "corrector":
+            drafter.training_module().float().requires_grad_(False)  # frozen backbone
     except NotImplementedError as e:
-        raise RecipeError(f"drafter '{cfg.drafter.name}' cannot be trained: {e}") from None
+        raise RecipeError(f"cannot train {component}: {e}") from None
+    module = torch.nn.ModuleDict(parts)
     module.float().requires_grad_(True)  # fp32 master weights; bf16 autocast on GPU
-    return drafter, module
+    return drafter, corrector, module
 
 
 def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dict:
@@ -41,7 +62,7 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
     init_distributed(target.device)
     rank, world_size = world()
     target.model.requires_grad_(False)
-    drafter, module = build_drafter_for_training(resolved, target)
+    drafter, corrector, module = build_for_training(resolved, target)
     target.capture(drafter.context_layers)
 
     out = Path(resolve_path(tr.output_dir, None))
@@ -79,30 +100,44 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
 
     def loss_fn(batch: dict, generator: torch.Generator) -> dict:
         batch["generator"] = generator
-        return drafter.training_loss(batch)
+        if tr.component == "drafter":
+            return drafter.training_loss(batch)
+        lam = curriculum_lambda(trainer.step / trainer.total_steps, tr.lambda_base_start, tr.lambda_base_decay_ratio)
+        return corrector_loss(drafter, corrector, batch, lam)
 
-    evaluate = make_evaluator(resolved, target, drafter, registry) if rank == 0 or world_size == 1 else None
+    def save_model(directory: Path, dtype=torch.float32) -> None:
+        if corrector is None:
+            drafter.save_pretrained(directory, dtype=dtype)
+        else:  # one checkpoint holds both (the published Domino layout)
+            drafter.save_pretrained(directory, dtype=dtype, extra_tensors=corrector.checkpoint_tensors(),
+                                    config_updates=corrector.checkpoint_config())
+
+    def load_model(directory: Path) -> None:
+        drafter.load_weights(directory)
+        if corrector is not None:
+            corrector.load_weights(directory)
+
+    evaluate = make_evaluator(resolved, target, drafter, corrector) if rank == 0 or world_size == 1 else None
     trainer = Trainer(
         TrainerConfig(output_dir=str(out), lr=tr.lr, weight_decay=tr.weight_decay, warmup_ratio=tr.warmup_ratio,
                       max_grad_norm=tr.max_grad_norm, epochs=tr.epochs, max_steps=tr.max_steps,
                       batch_size=tr.batch_size, grad_accum=tr.grad_accum, save_every=tr.save_every,
                       keep_last=tr.keep_last, eval_every=tr.eval_every, seed=tr.seed, progress=progress),
         module, len(sequences), make_batch, loss_fn,
-        save_model=lambda d: drafter.save_pretrained(d, dtype=torch.float32),
-        load_model=drafter.load_weights, evaluate=evaluate, device=target.device,
+        save_model=save_model, load_model=load_model, evaluate=evaluate, device=target.device,
     )
     metrics = trainer.train()
     if rank == 0:
         export = Path(tr.export_dir) if tr.export_dir else out / "final"
-        drafter.save_pretrained(export, dtype=DTYPES[tr.export_dtype])
+        save_model(export, DTYPES[tr.export_dtype])
         metrics["export_dir"] = str(export)
     if world_size > 1:
         dist.barrier()
     return metrics
 
 
-def make_evaluator(resolved: ResolvedRecipe, target, drafter, registry=None):
-    """tau of the drafter (with the recipe's verifier, T=0) on held-out prompts."""
+def make_evaluator(resolved: ResolvedRecipe, target, drafter, corrector=None):
+    """tau of the drafter (+ corrector) with the recipe's verifier, T=0, on held-out prompts."""
     cfg = resolved.cfg
     tr = cfg.training
     if tr.eval_prompts:
@@ -120,7 +155,7 @@ def make_evaluator(resolved: ResolvedRecipe, target, drafter, registry=None):
     stop = [i for i in [getattr(target.tokenizer, "eos_token_id", None)] if i is not None]
 
     def evaluate() -> dict:
-        gen = SpeculativeGenerator(target, drafter, verifier)
+        gen = SpeculativeGenerator(target, drafter, verifier, corrector)
         drafted = accepted = cycles = 0
         for ids in encoded:
             res = gen.generate(ids, tr.eval_max_new_tokens, SamplingParams(), stop)

@@ -1,0 +1,1 @@
+"""Domino causal corrector: PyTorch reference, fused Triton kernels, CUDA-graph rollout."""

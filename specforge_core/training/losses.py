@@ -1,0 +1,59 @@
+"""Losses shared by drafters and correctors (generic: no plugin names here).
+
+* ``weighted_ce``: cross-entropy weighted per position (position decay x validity) and
+  normalised by the weight sum, as in DFlash / DFlare / Domino training.
+* ``corrector_loss``: the base-anchored curriculum of the Domino paper (section 4.2),
+  ``L = (1 - lambda_t) L_final + lambda_t L_base`` with lambda_t decaying linearly from
+  ``lambda_start`` to 0 over the first ``decay_ratio`` of training; the corrector is trained
+  with teacher forcing (ground-truth prefix tokens), on blocks drafted by a parallel drafter.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def weighted_ce(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    ce = F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), reduction="none").view_as(labels)
+    return (ce * weights).sum() / weights.sum().clamp_min(1e-6)
+
+
+def block_metrics(logits: Tensor, labels: Tensor, weights: Tensor, prefix: str = "") -> Dict[str, Tensor]:
+    """Accuracy on supervised positions and the estimated accept length of each block
+    (consecutive correct drafts from the first position, + 1 bonus)."""
+    with torch.no_grad():
+        supervised = weights > 0
+        correct = (logits.argmax(-1) == labels) & supervised
+        acc = correct.sum() / supervised.sum().clamp_min(1)
+        run = (correct | ~supervised).long().cumprod(-1) * supervised.long()
+        blocks = supervised.any(-1)
+        accept = (run.sum(-1).float() + 1)[blocks].mean() if blocks.any() else torch.tensor(1.0)
+    return {f"{prefix}accuracy": acc, f"{prefix}accept_len": accept}
+
+
+def curriculum_lambda(progress: float, start: float = 1.0, decay_ratio: float = 1.0) -> float:
+    """lambda_t = clamp(start * (1 - progress / decay_ratio), 0, 1); progress = step / total."""
+    if decay_ratio <= 0:
+        return 0.0
+    return float(min(1.0, max(0.0, start * (1.0 - progress / decay_ratio))))
+
+
+def corrector_loss(drafter, corrector, batch: dict, lambda_base: float) -> Dict[str, Tensor]:
+    from ..interfaces import DraftBlock
+
+    blocks = drafter.training_blocks(batch)  # hidden [n, k, H], labels / weights [n, k], anchor [n]
+    base = drafter.project_logits(blocks["hidden"])  # [n, k, V]
+    block = DraftBlock(hidden=blocks["hidden"], base_logits=base, anchor=blocks["anchor"])
+    final = corrector.training_forward(block, blocks["labels"])  # teacher forcing
+    labels, weights = blocks["labels"], blocks["weights"]
+    l_final = weighted_ce(final, labels, weights)
+    l_base = weighted_ce(base, labels, weights)
+    loss = (1.0 - lambda_base) * l_final + lambda_base * l_base
+    return {"loss": loss, "loss_final": l_final.detach(), "loss_base": l_base.detach(),
+            "lambda_base": torch.tensor(lambda_base), **block_metrics(final, labels, weights),
+            **block_metrics(base, labels, weights, prefix="base_")}
