@@ -17,11 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(site), str(ROOT / "examples" / "specforge-bigram")],
-        check=True, capture_output=True, text=True,
-    )
+    for example in ("specforge-bigram", "specforge-norepeat"):
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+             "--target", str(site), str(ROOT / "examples" / example)],
+            check=True, capture_output=True, text=True,
+        )
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(site))
     return site, env
 
@@ -52,12 +53,32 @@ def test_bench_is_lossless(installed, tmp_path):
     assert result["num_accepted_tokens"] > 0  # the drafter really proposed accepted tokens
 
 
-def test_docs_show_the_example_verbatim():
-    """docs/plugins.md shows the example's code; keep the two from drifting apart."""
+def test_example_corrector_on_dflash_is_lossless(installed, tmp_path):
+    _, env = installed
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "specforge_core.cli", "bench", str(ROOT / "recipes" / "smoke.yaml"),
+         "drafter.name=dflash", "corrector.name=norepeat", "corrector.options.penalty=3.0",
+         "generation.max_new_tokens=32", "--json", str(out), "--no-progress"],
+        env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["method"] == "dflash+norepeat+chain" and result["lossless"] is True
+    plugins = json.loads(subprocess.run([sys.executable, "-m", "specforge_core.cli", "plugins", "--json"], env=env,
+                                        capture_output=True, text=True, check=True).stdout)
+    assert {"kind": "corrector", "name": "norepeat"}.items() <= next(
+        p for p in plugins if p["name"] == "norepeat").items()
+
+
+@pytest.mark.parametrize("example,package", [("specforge-bigram", "specforge_bigram"),
+                                             ("specforge-norepeat", "specforge_norepeat")])
+def test_docs_show_the_examples_verbatim(example, package):
+    """docs/plugins.md shows the examples' code; keep the two from drifting apart."""
     import re
 
     docs = (ROOT / "docs" / "plugins.md").read_text()
-    shown = re.search(r"`specforge_bigram/__init__.py`:\n\n```python\n(.*?)```", docs, re.S).group(1)
-    source = (ROOT / "examples" / "specforge-bigram" / "specforge_bigram" / "__init__.py").read_text()
+    shown = re.search(rf"`{package}/__init__.py`:\n\n```python\n(.*?)```", docs, re.S).group(1)
+    source = (ROOT / "examples" / example / package / "__init__.py").read_text()
     code = source.split('"""', 2)[2].lstrip("\n")  # drop the module docstring
     assert shown == code
