@@ -255,7 +255,8 @@ class Corrector(Component):
     @abc.abstractmethod
     def step(self, state: Any, i: int, prev_token: Tensor) -> "tuple[Tensor, Any]":
         """Logits ``[b, V]`` for block position ``i`` given the token realised at ``i - 1``
-        (``prev_token [b]``; the anchor for ``i == 0``), and the new state."""
+        (``prev_token [b]``; the anchor for ``i == 0``), and the new state. Must not modify
+        ``state`` in place: a tree verifier branches several children from one state."""
 
     def correct(self, block: DraftBlock, sampler: "Sampler") -> "tuple[Tensor, Tensor]":
         """Returns ``tokens [b, k]`` and ``probs [b, k, V]`` (the warped q of each position)."""
@@ -292,9 +293,15 @@ class Corrector(Component):
 
 
 class Verifier(Component):
-    """Decides which drafted tokens the target accepts - losslessly."""
+    """Decides which drafted tokens the target accepts - losslessly.
+
+    A verifier that builds its own candidates from the block's distributions (a tree) sets
+    ``builds_from_block = True`` and implements ``propose_block(block, corrector, sampler)``;
+    the engine then skips sampling the block and hands it the drafter's block and corrector.
+    """
 
     kind = "verifier"
+    builds_from_block: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
         self.options = options
@@ -302,6 +309,9 @@ class Verifier(Component):
     @abc.abstractmethod
     def propose(self, block_tokens: Tensor, block_probs: Optional[Tensor]) -> Candidates:
         """Arrange the drafted tokens ``[b, k]`` (and q ``[b, k, V]``) into candidates."""
+
+    def propose_block(self, block: DraftBlock, corrector: Optional[Corrector], sampler: "Sampler") -> Candidates:
+        raise NotImplementedError
 
     @abc.abstractmethod
     def accept(self, candidates: Candidates, target_logits: Tensor, sampler: "Sampler") -> Accepted:

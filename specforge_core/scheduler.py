@@ -108,11 +108,14 @@ class SpeculativeGenerator:
                 block = block.truncate(budget)
             _sync(device)
             t1 = time.perf_counter()
-            draft_tokens, draft_probs = self._realise(block, sampler)  # [1, k], [1, k, V] | None
+            if getattr(self.verifier, "builds_from_block", False):  # e.g. a tree over the block's distributions
+                candidates = self.verifier.propose_block(block, self.corrector, sampler)
+            else:
+                draft_tokens, draft_probs = self._realise(block, sampler)  # [1, k], [1, k, V] | None
+                candidates = self.verifier.propose(draft_tokens, draft_probs)
             _sync(device)
             t2 = time.perf_counter()
 
-            candidates = self.verifier.propose(draft_tokens, draft_probs)
             target_logits, features = target.verify(tokens[:, -1], candidates)  # [1, n+1, V]
             accepted = self.verifier.accept(candidates, target_logits, sampler)
             a = int(accepted.num_accepted[0])

@@ -220,3 +220,35 @@ def test_corrector_without_weights_is_a_clear_error():
     c.compatible_with(d)
     with pytest.raises(RecipeError, match="needs weights"):
         c.bind(target)
+
+
+@pytest.mark.parametrize("topk", [0, 8])
+def test_corrector_triton_backend_matches_reference(topk):
+    """corrector.options.backend=triton (the fused kernels, under the Triton interpreter on CPU)
+    gives the same drafts as the reference rollout, with and without the top-k restriction."""
+    pytest.importorskip("triton")
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    target, d, ref = setup(P=1, seed=3)
+    fast = DominoCorrector(DominoOptions(backend="triton", exact_topk=topk, config={"gru_hidden_dim": 24, "emb_dim": 16}))
+    fast.compatible_with(d)
+    fast.bind(target)
+    fast.head.load_state_dict(ref.head.state_dict())
+    block = a_block(target, d, torch.tensor([[2, 7, 1, 8, 2, 8]]))
+    tokens, probs = fast.correct(block, Sampler(SamplingParams()))
+    ref_tokens, _ = ref.correct(block, Sampler(SamplingParams()))
+    assert probs is None and torch.equal(tokens, ref_tokens)
+
+
+def test_backend_cuda_graph_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    target, d, _ = setup()
+    c = DominoCorrector(DominoOptions(backend="cuda_graph", config={"gru_hidden_dim": 8, "emb_dim": 8}))
+    c.compatible_with(d)
+    c.bind(target)
+    block = a_block(target, d, torch.tensor([[1, 2, 3]]))
+    with pytest.raises(RecipeError, match="cuda_graph"):
+        c.correct(block, Sampler(SamplingParams()))

@@ -72,7 +72,8 @@ def test_offline_features_train_like_online(trained_run, tmp_path):
     train(load_recipe(RECIPE, [f"training.output_dir={tmp_path / 'off'}", "training.features=offline", *common]),
           progress=False)
     cached = list((out / "data").glob("features-*"))
-    assert len(cached) == 1 and len(list(cached[0].glob("*.safetensors"))) == 64
+    n_prompts = len((ROOT / "recipes" / "data" / "tiny_train.jsonl").read_text().splitlines())
+    assert len(cached) == 1 and len(list(cached[0].glob("*.safetensors"))) == n_prompts
     a = load_file(str(tmp_path / "on" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "off" / "final" / "model.safetensors"))
     for k in a:

@@ -123,6 +123,9 @@ class DominoCorrector(Corrector):
         self._fast = False
         if backend == "torch":
             return None
+        if backend == "cuda_graph" and hidden.device.type != "cuda":
+            raise RecipeError(f"corrector.options.backend=cuda_graph needs a CUDA device; this run is on "
+                              f"{hidden.device.type} (use backend=auto)")
         if backend == "auto" and hidden.device.type != "cuda":
             log.info("Domino: no CUDA device, using the PyTorch reference rollout (the fused Triton / "
                      "CUDA-graph paths need a GPU)")
@@ -138,12 +141,9 @@ class DominoCorrector(Corrector):
         if not triton_available(hidden.device):
             raise RecipeError(f"corrector.options.backend={backend} cannot run on {hidden.device.type} here "
                               "(CUDA, or TRITON_INTERPRET=1 for testing on CPU)")
-        fused = FusedRollout(self.head, self.embed.weight, **({"topk": self.options.exact_topk}
-                                                               if self.options.exact_topk else {}))
-        if backend in ("auto", "cuda_graph") and hidden.device.type == "cuda":
-            self._fast = CudaGraphRollout(fused, batch=hidden.shape[0], steps=hidden.shape[1], device=hidden.device)
-        else:
-            self._fast = fused
+        use_graph = backend in ("auto", "cuda_graph") and hidden.device.type == "cuda"
+        self._fast = _FastRollout(FusedRollout(self.head, self.embed.weight), CudaGraphRollout if use_graph else None,
+                                  self.options.exact_topk)
         return self._fast
 
     # ---- training -----------------------------------------------------------------------------
@@ -227,3 +227,28 @@ def check_head_against_target(arch: DominoArch, target, where: str) -> None:
         raise IncompatibleError(f"{where}: Domino hidden_size {arch.hidden_size} != target hidden_size {target.hidden_size}")
     if arch.vocab_size != target.vocab_size:
         raise IncompatibleError(f"{where}: Domino vocab_size {arch.vocab_size} != target vocab_size {target.vocab_size}")
+
+
+class _FastRollout:
+    """T=0 rollout on the fused kernels: one CUDA graph per (batch, block length) when graphs are
+    on (blocks are shorter near the end of the token budget), top-k restricted if asked."""
+
+    def __init__(self, fused, graph_cls, topk: int):
+        self.fused, self.graph_cls, self.topk = fused, graph_cls, topk
+        self.graphs: dict = {}
+        self.fallbacks = 0  # (row, step) pairs where the top-k certificate failed (T=0 exact fallback)
+
+    def rollout(self, hidden: Tensor, base_logits: Tensor, anchor: Tensor) -> Tensor:
+        if self.graph_cls is not None:
+            key = (hidden.shape[0], hidden.shape[1])
+            graph = self.graphs.get(key)
+            if graph is None:
+                graph = self.graphs[key] = self.graph_cls(self.fused, key[0], key[1], hidden.device,
+                                                          k_cand=self.topk or None,
+                                                          hidden_dtype=hidden.dtype, logits_dtype=base_logits.dtype)
+            return graph.rollout(hidden, base_logits, anchor)
+        if self.topk:
+            tokens, fallbacks = self.fused.topk_rollout(hidden, base_logits, anchor, self.topk)
+            self.fallbacks += int(fallbacks)  # one sync per block, after the loop
+            return tokens
+        return self.fused.rollout(hidden, base_logits, anchor)

@@ -1,8 +1,10 @@
 from specforge_core import hookimpl
 
 from .chain import ChainVerifier
+from .tree import TreeVerifier
 
 
 @hookimpl
 def specforge_register(registry):
     registry.add(ChainVerifier, name="chain")
+    registry.add(TreeVerifier, name="tree")
