@@ -324,11 +324,14 @@ def _chain_mask(n: int, device) -> Tensor:
 def _candidates(tokens, parents, depths, children, device, probs, deterministic) -> Candidates:
     n = len(tokens)
     parents_t = torch.tensor(parents, dtype=torch.long, device=device)
-    mask = torch.zeros(n + 1, n + 1, dtype=torch.bool, device=device)
-    mask[0, 0] = True
-    for i in range(n):  # ancestor-only: a node sees its parent's row plus itself
-        mask[i + 1] = mask[parents[i] + 1]
-        mask[i + 1, i + 1] = True
+    # ancestor-only visibility: follow parent pointers, one vectorised hop per tree level
+    parent_row = torch.cat([parents_t.new_zeros(1), parents_t + 1])  # [n+1], the anchor is its own parent
+    rows = torch.arange(n + 1, device=device)
+    mask = torch.eye(n + 1, dtype=torch.bool, device=device)
+    cur = rows
+    for _ in range(max(depths, default=0)):
+        cur = parent_row[cur]
+        mask[rows, cur] = True
     return Candidates(tokens=torch.tensor([tokens], dtype=torch.long, device=device).reshape(1, n), probs=probs,
                       parents=parents_t, depths=torch.tensor(depths, dtype=torch.long, device=device),
                       attention_mask=mask, extra={"children": children, "deterministic": deterministic})
