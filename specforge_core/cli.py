@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("recipe", help="recipe YAML path (or a name found in ./recipes)")
     bench.add_argument("overrides", nargs="*", help="key=value recipe overrides")
     bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    bench.add_argument("--variant", action="append", default=[], metavar="OVERRIDES",
+                       help="another method measured in the same run against the same AR baseline: "
+                       "space-separated overrides on top of the recipe, e.g. --variant 'verifier.name=tree' "
+                       "(repeatable; the JSON lists them under `variants`)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = sub.add_parser(
@@ -157,15 +161,28 @@ def cmd_bench(args) -> int:
         from .errors import InputError
 
         raise InputError("the recipe has no prompts (prompts.inline / prompts.file)")
-    pipe = build_pipeline(resolved, registry)
-    result = run_bench(pipe, prompts, progress=not args.no_progress)
-    print(markdown_table(result))
-    if result.lossless is False:
-        bad = [p["question_id"] for p in result.prompts if p["identical_to_ar"] is False]
-        print(f"specforge: LOSSLESS CHECK FAILED for prompts {bad}", file=sys.stderr)
+    from .recipe import load_recipe
+
+    variants = [load_recipe(args.recipe, list(args.overrides) + v.split(), registry) for v in args.variant]
+    ar_cache: dict = {}
+    results = []
+    for r in [resolved, *variants]:
+        pipe = build_pipeline(r, registry)
+        results.append(run_bench(pipe, prompts, progress=not args.no_progress, ar_cache=ar_cache))
+        del pipe
+    print(markdown_table(results))
+    failed = False
+    for result in results:
+        if result.lossless is False:
+            failed = True
+            bad = [p["question_id"] for p in result.prompts if p["identical_to_ar"] is False]
+            print(f"specforge: LOSSLESS CHECK FAILED for {result.method}, prompts {bad}", file=sys.stderr)
     if args.json:
-        _write_json(args.json, result.to_dict())
-    return 1 if result.lossless is False else 0
+        out = results[0].to_dict()
+        if variants:
+            out["variants"] = [dict(r.to_dict(), overrides=v) for r, v in zip(results[1:], args.variant)]
+        _write_json(args.json, out)
+    return 1 if failed else 0
 
 
 def cmd_train(args) -> int:

@@ -343,8 +343,6 @@ def _check_values(cfg: DictConfig, where: str) -> None:
         bad("training", f"needs lr > 0, 0 <= warmup_ratio < 1, gamma > 0 (got {tr.lr}, {tr.warmup_ratio}, {tr.gamma})")
     if tr.component not in ("drafter", "corrector", "both"):
         bad("training.component", f"must be drafter, corrector or both (got '{tr.component}')")
-    if tr.component != "drafter" and cfg.corrector.name == "none":
-        bad("training.component", f"is '{tr.component}' but the recipe has no corrector (corrector.name=none)")
     if tr.features not in ("online", "offline"):
         bad("training.features", f"must be online or offline (got '{tr.features}')")
     if tr.export_dtype not in ("float32", "bfloat16", "float16"):

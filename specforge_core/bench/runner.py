@@ -82,7 +82,10 @@ def _timed(device, fn):
     return out, time.perf_counter() - t0
 
 
-def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True) -> BenchResult:
+def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True,
+              ar_cache: Optional[dict] = None) -> BenchResult:
+    """``ar_cache`` (prompt index -> (tokens, seconds)) lets several methods in one run share
+    one measurement of the AR baseline (``specforge bench --variant``)."""
     cfg = pipe.cfg
     target, device = pipe.target, pipe.target.device
     max_new = int(cfg.generation.max_new_tokens)
@@ -99,9 +102,11 @@ def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True) -> B
     def spec(ids, seed) -> GenerationResult:
         return pipe.generator.generate(ids, max_new, pipe.sampling(seed), stop)
 
+    ar_cache = {} if ar_cache is None else ar_cache
     for _ in range(int(cfg.bench.warmup)):
         if encoded:
-            ar(encoded[0], s.seed)
+            if not ar_cache:
+                ar(encoded[0], s.seed)
             spec(encoded[0], s.seed)
 
     rows: list[PromptResult] = []
@@ -113,7 +118,9 @@ def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True) -> B
         iterator = tqdm(list(iterator), desc=f"bench {pipe.resolved.method}", unit="prompt", leave=False)
     for i, (p, ids) in enumerate(iterator):
         seed = int(s.seed) + i
-        ar_out, ar_s = _timed(device, lambda: ar(ids, seed))
+        if i not in ar_cache:
+            ar_cache[i] = _timed(device, lambda: ar(ids, seed))
+        ar_out, ar_s = ar_cache[i]
         res, spec_s = _timed(device, lambda: spec(ids, seed))
         results.append(res)
         same = (res.tokens == ar_out) if (s.temperature == 0 and cfg.bench.check_lossless) else None
@@ -160,10 +167,14 @@ def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True) -> B
     )
 
 
-def markdown_table(r: BenchResult) -> str:
-    lossless = {True: "yes", False: "**NO**", None: "n/a (T>0)"}[r.lossless]
-    head = "| method | tau | speedup | tok/s | AR tok/s | lossless | prompts | device |\n|---|---|---|---|---|---|---|---|\n"
-    return head + (
-        f"| {r.method} | {r.tau:.2f} | {r.speedup:.2f}x | {r.tokens_per_s:.1f} | {r.ar_tokens_per_s:.1f} "
-        f"| {lossless} | {r.n_prompts} | {r.device} |"
-    )
+def markdown_table(results) -> str:
+    if isinstance(results, BenchResult):
+        results = [results]
+    head = "| method | T | tau | speedup | tok/s | AR tok/s | lossless | prompts | device |\n" \
+           "|---|---|---|---|---|---|---|---|---|\n"
+    rows = []
+    for r in results:
+        lossless = {True: "yes", False: "**NO**", None: "n/a (T>0)"}[r.lossless]
+        rows.append(f"| {r.method} | {r.temperature:g} | {r.tau:.2f} | {r.speedup:.2f}x | {r.tokens_per_s:.1f} | "
+                    f"{r.ar_tokens_per_s:.1f} | {lossless} | {r.n_prompts} | {r.device} |")
+    return head + "\n".join(rows)

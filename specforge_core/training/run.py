@@ -56,6 +56,8 @@ def build_for_training(resolved: ResolvedRecipe, target):
 def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dict:
     cfg = resolved.cfg
     tr = cfg.training
+    if tr.component != "drafter" and cfg.corrector.name == "none":
+        raise RecipeError(f"training.component is '{tr.component}' but the recipe has no corrector (corrector.name=none)")
     if tr.data.prompts is None:
         raise RecipeError("training.data.prompts is required: a local JSONL file or a Hugging Face dataset id")
     target = load_target(cfg.target, registry)
