@@ -248,6 +248,10 @@ def load_prompts(resolved: ResolvedRecipe) -> list[Prompt]:
     out = [Prompt(i, "inline", t) for i, t in enumerate(cfg.inline)]
     if cfg.file:
         out += read_prompt_file(resolve_path(cfg.file, resolved.path))
+    if cfg.source:
+        from .bench.datasets import load_source
+
+        out += [Prompt(r["question_id"], r["category"], r["turns"][0]) for r in load_source(cfg.source)]
     if cfg.limit is not None:
         out = out[: cfg.limit]
     return out

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="another method measured in the same run against the same AR baseline: "
                        "space-separated overrides on top of the recipe, e.g. --variant 'verifier.name=tree' "
                        "(repeatable; the JSON lists them under `variants`)")
+    bench.add_argument("--answers", metavar="DIR", help="write Spec-Bench answer JSONL, one file per method")
+    bench.add_argument("--plots", metavar="DIR", help="write PNG plots: acceptance per position, accepted-length "
+                       "histogram, speedup per method")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = sub.add_parser(
@@ -168,7 +171,8 @@ def cmd_bench(args) -> int:
     results = []
     for r in [resolved, *variants]:
         pipe = build_pipeline(r, registry)
-        results.append(run_bench(pipe, prompts, progress=not args.no_progress, ar_cache=ar_cache))
+        results.append(run_bench(pipe, prompts, progress=not args.no_progress, ar_cache=ar_cache,
+                                 with_baselines=not results))
         del pipe
     print(markdown_table(results))
     failed = False
@@ -177,6 +181,14 @@ def cmd_bench(args) -> int:
             failed = True
             bad = [p["question_id"] for p in result.prompts if p["identical_to_ar"] is False]
             print(f"specforge: LOSSLESS CHECK FAILED for {result.method}, prompts {bad}", file=sys.stderr)
+    if args.answers or args.plots:
+        from .bench.report import write_answers, write_plots
+
+        if args.answers:
+            write_answers(results, args.answers, pipe_tokenizer=_tokenizer_for(resolved, registry))
+        if args.plots:
+            for f in write_plots(results, args.plots):
+                print(f"plot: {f}", file=sys.stderr)
     if args.json:
         out = results[0].to_dict()
         if variants:
@@ -195,6 +207,19 @@ def cmd_train(args) -> int:
         print(f"trained {metrics.get('step')} steps: {shown}")
         print(f"weights (published layout): {metrics['export_dir']}")
     return 0
+
+
+def _tokenizer_for(resolved, registry):
+    from .build import load_tokenizer, resolve_model_location
+
+    t = resolved.cfg.target
+    if t.tokenizer == "bytes" or t.tokenizer:
+        return load_tokenizer(t, None)
+    if t.gguf_file:
+        from .build import gguf_to_safetensors
+
+        return load_tokenizer(t, gguf_to_safetensors(resolve_model_location(t.model), t.gguf_file))
+    return load_tokenizer(t, t.model)
 
 
 def cmd_plugins(args) -> int:

@@ -78,6 +78,7 @@ class GenerationSection:
 class PromptsSection:
     inline: List[str] = field(default_factory=list)
     file: Optional[str] = None  # Spec-Bench JSONL (question_id, category, turns) or {"prompt": ...} rows
+    source: Optional[str] = None  # a named set: mt_bench, humaneval (offline from PyPI packages), gsm8k, math500
     limit: Optional[int] = None  # use the first N prompts
 
 
@@ -85,6 +86,10 @@ class PromptsSection:
 class BenchSection:
     warmup: int = 1  # untimed prompts before timing (first-call overheads)
     check_lossless: bool = True  # T=0: compare every output with greedy decoding
+    # transformers' own speculative decoding on the same target, same prompts, same run:
+    prompt_lookup_num_tokens: int = 0  # >0: a row for generate(prompt_lookup_num_tokens=N)
+    assistant_model: Optional[str] = None  # a row for generate(assistant_model=...): a model dir / hub id,
+    #                                        or "early-exit:N" = the target's first N layers (no training)
 
 
 @dataclass
@@ -96,6 +101,7 @@ class TrainDataSection:
     max_length: int = 3072  # prompt + regenerated response, in tokens
     regen_max_new_tokens: int = 256  # response length the target regenerates
     regen_temperature: float = 0.0  # 0 = the target's greedy response
+    regen_batch_size: int = 1  # prompts regenerated together (left-padded; faster, batched numerics)
     cache_dir: Optional[str] = None  # default: <output_dir>/data
 
 

@@ -41,6 +41,21 @@ class PromptResult:
 
 
 @dataclass
+class BaselineResult:
+    """A row for transformers' own speculative decoding (no per-cycle counters exposed)."""
+
+    method: str
+    speedup: float
+    tokens_per_s: float
+    ar_tokens_per_s: float
+    lossless: Optional[bool]
+    n_prompts: int
+    temperature: float
+    device: str
+    tau: Optional[float] = None
+
+
+@dataclass
 class BenchResult:
     method: str
     tau: float
@@ -61,6 +76,7 @@ class BenchResult:
     time_split_ms: dict  # mean per cycle: draft / correct / verify
     recipe: str
     prompts: list[dict]
+    baselines: list = field(default_factory=list)  # BaselineResult rows (transformers' generate)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,7 +99,7 @@ def _timed(device, fn):
 
 
 def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True,
-              ar_cache: Optional[dict] = None) -> BenchResult:
+              ar_cache: Optional[dict] = None, with_baselines: bool = True) -> BenchResult:
     """``ar_cache`` (prompt index -> (tokens, seconds)) lets several methods in one run share
     one measurement of the AR baseline (``specforge bench --variant``)."""
     cfg = pipe.cfg
@@ -129,6 +145,23 @@ def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True,
             res.tau, [1 + c.num_accepted for c in res.cycles], same, res.tokens,
         ))
 
+    baselines = []  # transformers' own speculative decoding: same prompts, same AR baseline
+    from .hf_baselines import baseline_methods, hf_generate
+
+    for label, kwargs in (baseline_methods(pipe) if with_baselines else []):
+        toks, secs, same = 0, 0.0, []
+        for i, ids in enumerate(encoded):
+            out, dt = hf_generate(target, ids, max_new, stop, float(s.temperature), **kwargs)
+            toks, secs = toks + len(out), secs + dt
+            same.append(out == ar_cache[i][0])
+        ar_wall_b = sum(ar_cache[i][1] for i in range(len(encoded)))
+        ar_toks_b = sum(len(ar_cache[i][0]) for i in range(len(encoded)))
+        baselines.append(BaselineResult(
+            method=label, speedup=ar_wall_b / secs if secs > 0 else 0.0, tokens_per_s=toks / secs if secs else 0.0,
+            ar_tokens_per_s=ar_toks_b / ar_wall_b if ar_wall_b else 0.0,
+            lossless=all(same) if s.temperature == 0 else None, n_prompts=len(encoded),
+            temperature=float(s.temperature), device=device_description(device)))
+
     width = int(cfg.drafter.block_size)
     cycles = [c for r in results for c in r.cycles]
     num_drafts = len(cycles)
@@ -163,7 +196,9 @@ def run_bench(pipe: Pipeline, prompts: list[Prompt], progress: bool = True,
         max_new_tokens=max_new,
         time_split_ms={"draft": ms("draft_s"), "correct": ms("correct_s"), "verify": ms("verify_s")},
         recipe=str(pipe.resolved.path or ""),
-        prompts=[{k: v for k, v in asdict(r).items() if k != "output_ids"} for r in rows],
+        prompts=[{k: v for k, v in asdict(r).items() if k != "output_ids"} | {"output_ids": r.output_ids}
+                 for r in rows],
+        baselines=baselines,
     )
 
 
@@ -173,8 +208,10 @@ def markdown_table(results) -> str:
     head = "| method | T | tau | speedup | tok/s | AR tok/s | lossless | prompts | device |\n" \
            "|---|---|---|---|---|---|---|---|---|\n"
     rows = []
-    for r in results:
+    every = list(results) + [b for r in results for b in getattr(r, "baselines", [])]
+    for r in every:
         lossless = {True: "yes", False: "**NO**", None: "n/a (T>0)"}[r.lossless]
-        rows.append(f"| {r.method} | {r.temperature:g} | {r.tau:.2f} | {r.speedup:.2f}x | {r.tokens_per_s:.1f} | "
+        tau = "-" if r.tau is None else f"{r.tau:.2f}"
+        rows.append(f"| {r.method} | {r.temperature:g} | {tau} | {r.speedup:.2f}x | {r.tokens_per_s:.1f} | "
                     f"{r.ar_tokens_per_s:.1f} | {lossless} | {r.n_prompts} | {r.device} |")
     return head + "\n".join(rows)

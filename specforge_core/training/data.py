@@ -122,6 +122,7 @@ class RegenConfig:
     chat_template: bool = True
     system_prompt: Optional[str] = None
     seed: int = 0
+    batch_size: int = 1  # prompts generated together (left-padded); 1 = exactly the target's own greedy output
 
 
 def cache_key(target_id: str, prompts: list[str], cfg: RegenConfig) -> str:
@@ -154,21 +155,23 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
         shard = shard_dir / f"{start:08d}.safetensors"
         if shard.is_file():  # done in an earlier (interrupted) run
             part = load_sequences(shard)
+            if bar is not None:
+                bar.update(len(part))
         else:
+            chunk = [prompt_ids(target.tokenizer, p, cfg.chat_template, cfg.system_prompt)[: cfg.max_length - 1]
+                     for p in prompts[start:start + shard_size]]
             part = []
-            for i, p in enumerate(prompts[start:start + shard_size]):
-                ids = prompt_ids(target.tokenizer, p, cfg.chat_template, cfg.system_prompt)[: cfg.max_length - 1]
-                x = torch.tensor([ids], device=target.device)
-                torch.manual_seed(cfg.seed + start + i)
-                budget = min(cfg.max_new_tokens, cfg.max_length - len(ids), target.context_length - len(ids))
-                out = target.reference_generate(x, max(budget, 1), stop, temperature=cfg.temperature)[0].cpu()
-                seq = torch.cat([torch.tensor(ids), out])
-                mask = torch.cat([torch.zeros(len(ids), dtype=torch.long), torch.ones(len(out), dtype=torch.long)])
-                part.append(TokenizedSequence(seq, mask))
+            for j in range(0, len(chunk), cfg.batch_size):
+                torch.manual_seed(cfg.seed + start + j)
+                outs = _generate_batch(target, chunk[j:j + cfg.batch_size], cfg, stop)
+                for ids, out in zip(chunk[j:j + cfg.batch_size], outs):
+                    seq = torch.cat([torch.tensor(ids), out])
+                    mask = torch.cat([torch.zeros(len(ids), dtype=torch.long), torch.ones(len(out), dtype=torch.long)])
+                    part.append(TokenizedSequence(seq, mask))
+                if bar is not None:
+                    bar.update(len(outs))
             save_sequences(shard, part)
         sequences.extend(part)
-        if bar is not None:
-            bar.update(len(part))
     if bar is not None:
         bar.close()
     save_sequences(final, sequences)
@@ -176,6 +179,34 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
         f.unlink()
     shard_dir.rmdir()
     return sequences
+
+
+def _generate_batch(target, batch: list[list[int]], cfg: RegenConfig, stop: list[int]) -> list[Tensor]:
+    """Responses for a batch of prompts (left-padded), each cut after its first stop token."""
+    longest = max(len(ids) for ids in batch)
+    budget = max(1, min(cfg.max_new_tokens, cfg.max_length - longest, target.context_length - longest))
+    if len(batch) == 1:
+        x = torch.tensor(batch, device=target.device)
+        return [target.reference_generate(x, budget, stop, temperature=cfg.temperature)[0].cpu()]
+    from transformers import GenerationConfig
+
+    pad = stop[0] if stop else 0
+    ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+    attn = torch.zeros(len(batch), longest, dtype=torch.long)
+    for i, row in enumerate(batch):
+        ids[i, longest - len(row):] = torch.tensor(row)
+        attn[i, longest - len(row):] = 1
+    sample = cfg.temperature > 0
+    gen = GenerationConfig(max_new_tokens=budget, do_sample=sample, temperature=cfg.temperature if sample else None,
+                           top_k=None, top_p=None, eos_token_id=stop or None, pad_token_id=pad)
+    with torch.inference_mode():
+        out = target.model.generate(input_ids=ids.to(target.device), attention_mask=attn.to(target.device),
+                                    generation_config=gen)[:, longest:].cpu()
+    responses = []
+    for row in out:
+        hits = [i for i, t in enumerate(row.tolist()) if t in stop]
+        responses.append(row[: hits[0] + 1] if hits else row)
+    return responses
 
 
 def save_sequences(path: Path, seqs: list[TokenizedSequence]) -> None:

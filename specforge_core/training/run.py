@@ -72,7 +72,8 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
     prompts = read_prompts(tr.data.prompts, tr.data.split, tr.data.field, tr.data.limit, base)
     regen = RegenConfig(max_new_tokens=tr.data.regen_max_new_tokens, temperature=tr.data.regen_temperature,
                         max_length=tr.data.max_length, chat_template=cfg.generation.chat_template,
-                        system_prompt=cfg.generation.system_prompt, seed=tr.seed)
+                        system_prompt=cfg.generation.system_prompt, seed=tr.seed,
+                        batch_size=tr.data.regen_batch_size)
     cache_dir = Path(tr.data.cache_dir) if tr.data.cache_dir else out / "data"
     target_id = cfg.target.model or f"config:{dict(cfg.target.config)}:seed{cfg.target.init_seed}"
     if rank == 0:
