@@ -143,13 +143,25 @@ def cmd_run(args) -> int:
     text = pipe.tokenizer.decode(res.tokens, skip_special_tokens=True)
     print(text)
     tps = len(res.tokens) / res.wall_s if res.wall_s > 0 else 0.0
-    print(f"[{resolved.method}] {len(res.tokens)} tokens, tau {res.tau:.2f}, {tps:.1f} tokens/s, "
-          f"{res.num_target_forwards} target forwards", file=sys.stderr)
+    line = (f"[{resolved.method}] {len(res.tokens)} tokens, tau {res.tau:.2f}, {tps:.1f} tokens/s, "
+            f"{res.num_target_forwards} target forwards")
+    ar_tps = None
+    if resolved.cfg.generation.report_ar_speed:
+        import time
+
+        t0 = time.perf_counter()
+        ar = pipe.target.reference_generate(ids.to(pipe.target.device), int(resolved.cfg.generation.max_new_tokens),
+                                            pipe.stop_token_ids(), resolved.cfg.sampling.temperature)[0].tolist()
+        ar_tps = len(ar) / (time.perf_counter() - t0)
+        line += f"; autoregressive {ar_tps:.1f} tokens/s ({tps / ar_tps:.2f}x)"
+        if resolved.cfg.sampling.temperature == 0:
+            line += ", identical output" if ar == res.tokens else ", OUTPUT DIFFERS FROM AR"
+    print(line, file=sys.stderr)
     if args.json:
         _write_json(args.json, {
             "method": resolved.method, "text": text, "output_ids": res.tokens, "prompt_tokens": res.prompt_len,
             "new_tokens": len(res.tokens), "tau": res.tau, "tokens_per_s": tps, "wall_time": res.wall_s,
-            "accept_lengths": [1 + c.num_accepted for c in res.cycles],
+            "accept_lengths": [1 + c.num_accepted for c in res.cycles], "ar_tokens_per_s": ar_tps,
         })
     return 0
 

@@ -72,6 +72,7 @@ class GenerationSection:
     stop_token_ids: Optional[List[int]] = None  # null = the tokenizer's eos token(s)
     chat_template: bool = True  # wrap prompts with the tokenizer's chat template when it has one
     system_prompt: Optional[str] = None
+    report_ar_speed: bool = False  # `specforge run` also decodes plainly and prints AR tokens/s
 
 
 @dataclass

