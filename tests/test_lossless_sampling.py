@@ -101,6 +101,24 @@ def exact_joint(target, prompt: torch.Tensor, steps: int, sampler: Sampler) -> t
     return p.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
 
 
+def sample_law(gen, target, prompt, steps: int, temperature: float, n_samples: int):
+    """Run ``n_samples`` seeded generations; return (chi-square p-value of the joint law of the
+    ``steps`` tokens against the exact target law, drafted tokens, accepted tokens)."""
+    vocab = target.vocab_size
+    p = exact_joint(target, prompt, steps, Sampler(SamplingParams(temperature=temperature)))
+    counts = torch.zeros(vocab ** steps, dtype=torch.long)
+    drafted = accepted = 0
+    for seed in range(n_samples):
+        out = gen.generate(prompt, steps, SamplingParams(temperature=temperature, seed=seed))
+        idx = 0
+        for t in out.tokens:
+            idx = idx * vocab + t
+        counts[idx] += 1
+        drafted += sum(c.num_drafted for c in out.cycles)
+        accepted += sum(c.num_accepted for c in out.cycles)
+    return chi_square_pvalue(counts, p), drafted, accepted
+
+
 @pytest.mark.parametrize("drafter_kind,rule", [("draft_model", "residual"), ("ngram", "residual"),
                                                ("dflash", "residual"), ("dflare", "residual"), ("dflash", "match")])
 def test_end_to_end_distribution(drafter_kind, rule):
@@ -117,18 +135,6 @@ def test_end_to_end_distribution(drafter_kind, rule):
         drafter = NgramDrafter(NgramOptions(max_ngram=2, min_ngram=1), block_size=3)
     drafter.bind(target)
     gen = SpeculativeGenerator(target, drafter, chain_verifier(rule))
-    prompt = torch.tensor([[0, 1, 2, 3, 0, 1]])
-    params = dict(temperature=0.9)
-    p = exact_joint(target, prompt, steps, Sampler(SamplingParams(**params)))
-    counts = torch.zeros(vocab ** steps, dtype=torch.long)
-    drafted = accepted = 0
-    for seed in range(n_samples):
-        out = gen.generate(prompt, steps, SamplingParams(seed=seed, **params))
-        idx = 0
-        for t in out.tokens:
-            idx = idx * vocab + t
-        counts[idx] += 1
-        drafted += sum(c.num_drafted for c in out.cycles)
-        accepted += sum(c.num_accepted for c in out.cycles)
+    pvalue, drafted, accepted = sample_law(gen, target, torch.tensor([[0, 1, 2, 3, 0, 1]]), steps, 0.9, n_samples)
     assert 0 < accepted < drafted  # both the accept and the residual paths were exercised
-    assert chi_square_pvalue(counts, p) > 1e-3
+    assert pvalue > 1e-3
