@@ -88,3 +88,34 @@ def test_offline_named_dataset_fails_naming_it(monkeypatch):
 
     with pytest.raises(SpecForgeError, match="openai/gsm8k"):
         load_source("gsm8k")
+
+
+needs_checkpoint = pytest.mark.skipif(not (ROOT / "checkpoints" / "smollm2-dflash-domino" / "config.json").is_file(),
+                                      reason="shipped SmolLM2 drafter checkpoint missing")
+
+
+@needs_smollm2
+@needs_checkpoint
+def test_quickstart_is_lossless_and_drafts_accept(tmp_path, capsys):
+    out = tmp_path / "run.json"
+    code = main(["run", QUICKSTART, "generation.max_new_tokens=48", "--json", str(out)])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "identical output" in err and "autoregressive" in err  # the run line compares with plain decoding
+    result = json.loads(out.read_text())
+    assert result["tau"] > 1.0 and result["new_tokens"] > 0
+
+
+@needs_smollm2
+@needs_checkpoint
+def test_shipped_checkpoints_are_small_bf16_published_layouts():
+    from safetensors import safe_open
+
+    total = 0
+    for d in (ROOT / "checkpoints").iterdir():
+        cfg = json.loads((d / "config.json").read_text())
+        assert "dflash_config" in cfg and cfg["block_size"] == 8
+        with safe_open(str(d / "model.safetensors"), "pt") as f:
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+        total += sum(p.stat().st_size for p in d.iterdir())
+    assert total < 40 * 2 ** 20
