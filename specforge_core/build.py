@@ -114,8 +114,9 @@ def gguf_to_safetensors(folder: str, gguf_file: str) -> str:
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
-    except ImportError as e:
-        raise ModelLoadError(f"loading {gguf_file} needs the `gguf` package: pip install gguf ({e})") from None
+    except (ImportError, ValueError, OSError) as e:  # missing gguf / accelerate, unreadable file
+        raise ModelLoadError(f"could not convert {src}: {str(e).splitlines()[0][:300]} "
+                             "(GGUF loading needs `pip install gguf accelerate`)") from None
     model.hf_quantizer = None  # the weights are de-quantised; save them as plain fp32 safetensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
