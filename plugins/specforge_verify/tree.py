@@ -46,7 +46,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import torch
 
@@ -245,7 +245,7 @@ class TreeVerifier(Verifier):
         o = self.options
         widths = o.widths or [o.topk, 2]
         budget = o.budget if o.budget is not None else o.max_budget
-        tokens, parents, depths, children, qs = [], [], [], [{}], []
+        tokens, parents, depths, children = [], [], [], [{}]
         frontier = [(0, scorer.root(), -1, 0)]  # (row, state, token, depth)
         node_q = {}
         while frontier and len(tokens) < budget:

@@ -21,6 +21,7 @@ from typing import Iterable, Optional
 import torch
 
 from ..errors import InputError, ModelLoadError
+from ..prompts import encode_prompt, prompt_text, read_jsonl
 
 Tensor = torch.Tensor
 
@@ -40,12 +41,12 @@ def read_prompts(source: str, split: str = "train", field: Optional[str] = None,
     if not path.is_absolute() and base_dir is not None and (base_dir / source).exists():
         path = base_dir / source
     if path.exists():
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
     else:
         rows = _read_hub_dataset(source, split)
     prompts = []
     for n, row in enumerate(rows, 1):
-        text = _prompt_of(row, field)
+        text = prompt_text(row, field)
         if text is None:
             raise InputError(f"{source}: row {n} has no prompt field (tried {field or 'turns, prompt, text, instruction, conversations'})")
         if text.strip():
@@ -55,37 +56,6 @@ def read_prompts(source: str, split: str = "train", field: Optional[str] = None,
     if not prompts:
         raise InputError(f"{source}: no prompts")
     return prompts
-
-
-def _prompt_of(row: dict, field: Optional[str]) -> Optional[str]:
-    if field is not None:
-        v = row.get(field)
-        return v[0] if isinstance(v, list) and v and isinstance(v[0], str) else v
-    if isinstance(row.get("turns"), list) and row["turns"]:
-        return row["turns"][0]
-    for key in ("prompt", "text", "instruction", "question", "problem"):
-        if isinstance(row.get(key), str):
-            return row[key]
-    conv = row.get("conversations") or row.get("messages")
-    if isinstance(conv, list):
-        for m in conv:
-            role = m.get("from") or m.get("role")
-            if role in ("human", "user"):
-                return m.get("value") or m.get("content")
-    return None
-
-
-def _read_jsonl(path: Path) -> Iterable[dict]:
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}:{n}: not valid JSON ({e})") from None
 
 
 def _read_hub_dataset(name: str, split: str) -> Iterable[dict]:
@@ -100,17 +70,6 @@ def _read_hub_dataset(name: str, split: str) -> Iterable[dict]:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ModelLoadError(f"could not load dataset '{name}' (split {split}): no local file of that name and "
                              f"the Hub is unreachable or refused it ({type(e).__name__}: {first})") from None
-
-
-# ---- chat formatting -------------------------------------------------------------------------
-def prompt_ids(tokenizer, prompt: str, chat_template: bool = True, system_prompt: Optional[str] = None) -> list[int]:
-    if chat_template and getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-        messages.append({"role": "user", "content": prompt})
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                            enable_thinking=False, return_dict=False)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
 # ---- regeneration + cache ----------------------------------------------------------------------
@@ -158,7 +117,7 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
             if bar is not None:
                 bar.update(len(part))
         else:
-            chunk = [prompt_ids(target.tokenizer, p, cfg.chat_template, cfg.system_prompt)[: cfg.max_length - 1]
+            chunk = [encode_prompt(target.tokenizer, p, cfg.chat_template, cfg.system_prompt)[: cfg.max_length - 1]
                      for p in prompts[start:start + shard_size]]
             part = []
             for j in range(0, len(chunk), cfg.batch_size):

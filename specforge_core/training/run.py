@@ -150,16 +150,16 @@ def make_evaluator(resolved: ResolvedRecipe, target, drafter, corrector=None):
         texts = [p.text for p in load_prompts(resolved)][: tr.eval_limit]
     if not texts:
         return None
-    from .data import prompt_ids
+    from ..prompts import encode_prompt
 
-    encoded = [torch.tensor([prompt_ids(target.tokenizer, t, cfg.generation.chat_template,
-                                        cfg.generation.system_prompt)]) for t in texts]
+    encoded = [torch.tensor([encode_prompt(target.tokenizer, t, cfg.generation.chat_template,
+                                           cfg.generation.system_prompt)]) for t in texts]
     verifier = resolved.verifier_cls(resolved.verifier_options)
     stop = [i for i in [getattr(target.tokenizer, "eos_token_id", None)] if i is not None]
 
     def evaluate() -> dict:
         gen = SpeculativeGenerator(target, drafter, verifier, corrector)
-        drafted = accepted = cycles = 0
+        accepted = cycles = 0
         for ids in encoded:
             res = gen.generate(ids, tr.eval_max_new_tokens, SamplingParams(), stop)
             cycles += len(res.cycles)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -119,7 +120,7 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step")
         last: dict = {}
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else _null()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
         self.module.train()
         while self.step < self.total_steps:
             t0 = time.perf_counter()
@@ -239,14 +240,6 @@ class Trainer:
         self.step = int(state["step"])
         if self.rank == 0:
             print(f"resuming from {ckpt} (step {self.step}/{self.total_steps})", flush=True)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _json_default(o):
