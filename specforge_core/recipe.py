@@ -114,6 +114,7 @@ class TrainingSection:
     lambda_base_start: float = 1.0  # corrector curriculum: L = (1-l) L_final + l L_base, l: start -> 0
     lambda_base_decay_ratio: float = 1.0  # ... linearly over this fraction of the steps
     features: str = "online"  # target context features: online (same step) | offline (cached to disk once)
+    parallelism: str = "ddp"  # under torchrun: ddp (replicated weights) | fsdp (weights, grads, optimizer sharded)
     num_anchors: int = 512  # random anchor blocks per sequence
     gamma: float = 7.0  # position decay w_k = exp(-(k-1)/gamma)
     epochs: int = 1
@@ -353,6 +354,8 @@ def _check_values(cfg: DictConfig, where: str) -> None:
         bad("training.component", f"must be drafter, corrector or both (got '{tr.component}')")
     if tr.features not in ("online", "offline"):
         bad("training.features", f"must be online or offline (got '{tr.features}')")
+    if tr.parallelism not in ("ddp", "fsdp"):
+        bad("training.parallelism", f"must be ddp or fsdp (got '{tr.parallelism}')")
     if tr.export_dtype not in ("float32", "bfloat16", "float16"):
         bad("training.export_dtype", f"must be float32, bfloat16 or float16 (got '{tr.export_dtype}')")
     if cfg.prompts.limit is not None and cfg.prompts.limit < 1:

@@ -1,5 +1,6 @@
 """`specforge train` on the tiny recipe: it raises tau, resumes exactly after kill -9,
-runs data-parallel under torchrun (gloo), and caches the regenerated data."""
+runs data-parallel (DDP) and sharded (FSDP) under torchrun (gloo), and caches the
+regenerated data."""
 
 from __future__ import annotations
 
@@ -175,18 +176,59 @@ def test_kill_9_then_resume_is_exact(tmp_path):
     assert steps[-(240 - steps_done):] == list(range(steps_done + 1, 241))
 
 
+def _torchrun(out: Path, port: int, *overrides: str) -> subprocess.CompletedProcess:
+    """The tiny recipe on 2 CPU processes (gloo), 6 steps, a checkpoint every 3."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "specforge_core.cli", "train", RECIPE, f"training.output_dir={out}", "training.max_steps=6",
+           "training.save_every=3", "training.batch_size=2", "--no-progress", *overrides]
+    p = subprocess.run(cmd, env=dict(ENV, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def _state(out: Path, step: int) -> dict:
+    return json.loads((out / "checkpoints" / f"step-{step:08d}" / "trainer_state.json").read_text())
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun + gloo on localhost")
 def test_torchrun_two_processes_stay_in_sync(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "specforge_core.cli", "train", RECIPE, f"training.output_dir={out}", "training.max_steps=6",
-           "training.save_every=3", "training.batch_size=2", "--no-progress"]
-    env = dict(ENV, OMP_NUM_THREADS="1")
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    _torchrun(out, 29533)
     for step in (3, 6):
-        state = json.loads((out / "checkpoints" / f"step-{step:08d}" / "trainer_state.json").read_text())
-        assert state["world_size"] == 2
+        state = _state(out, step)
+        assert state["world_size"] == 2 and state["parallelism"] == "ddp"
         sums = state["rank_param_checksums"]
         assert len(sums) == 2 and sums[0] == sums[1]
+        assert state["rank_param_numel"][0] == state["rank_param_numel"][1]  # every rank holds all weights
     assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun + gloo on localhost")
+def test_fsdp_shards_the_weights_matches_ddp_and_resumes(tmp_path):
+    import shutil
+
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    _torchrun(ddp, 29534, "training.parallelism=ddp")
+    _torchrun(fsdp, 29535, "training.parallelism=fsdp")
+    full = _state(ddp, 6)["rank_param_numel"][0]
+    for step in (3, 6):
+        state = _state(fsdp, step)
+        assert state["parallelism"] == "fsdp"
+        assert state["rank_param_checksums"][0] == state["rank_param_checksums"][1]
+        held = state["rank_param_numel"]  # each rank holds its shard, the shards make up the model
+        assert max(held) < full and sum(held) == full
+    # the same optimisation as DDP: same weights and Adam state up to float summation order
+    for f in ("final/model.safetensors", "checkpoints/step-00000006/optimizer.safetensors"):
+        a, b = load_file(str(ddp / f)), load_file(str(fsdp / f))
+        assert a.keys() == b.keys()
+        for k in a:
+            if k != "torch_rng":
+                torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    # resume under FSDP: drop the last checkpoint and the export, rerun -> continues from step 3
+    uninterrupted = load_file(str(fsdp / "final" / "model.safetensors"))
+    shutil.rmtree(fsdp / "checkpoints" / "step-00000006")
+    shutil.rmtree(fsdp / "final")
+    p = _torchrun(fsdp, 29536, "training.parallelism=fsdp")
+    assert f"resuming from {fsdp / 'checkpoints' / 'step-00000003'}" in p.stdout
+    resumed = load_file(str(fsdp / "final" / "model.safetensors"))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)

@@ -125,17 +125,21 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
         TrainerConfig(output_dir=str(out), lr=tr.lr, weight_decay=tr.weight_decay, warmup_ratio=tr.warmup_ratio,
                       max_grad_norm=tr.max_grad_norm, epochs=tr.epochs, max_steps=tr.max_steps,
                       batch_size=tr.batch_size, grad_accum=tr.grad_accum, save_every=tr.save_every,
-                      keep_last=tr.keep_last, eval_every=tr.eval_every, seed=tr.seed, progress=progress),
+                      keep_last=tr.keep_last, eval_every=tr.eval_every, seed=tr.seed, progress=progress,
+                      parallelism=tr.parallelism),
         module, len(sequences), make_batch, loss_fn,
         save_model=save_model, load_model=load_model, evaluate=evaluate, device=target.device,
     )
     metrics = trainer.train()
-    if rank == 0:
-        export = Path(tr.export_dir) if tr.export_dir else out / "final"
-        save_model(export, DTYPES[tr.export_dtype])
-        metrics["export_dir"] = str(export)
+    export = Path(tr.export_dir) if tr.export_dir else out / "final"
+    with trainer.full_params():  # FSDP: every rank gathers, rank 0 writes
+        if rank == 0:
+            save_model(export, DTYPES[tr.export_dtype])
+            metrics["export_dir"] = str(export)
+    trainer.release()
     if world_size > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return metrics
 
 

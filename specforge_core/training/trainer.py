@@ -9,10 +9,14 @@
   directory renamed into place): the model in its published layout, the optimizer state
   (safetensors), and ``trainer_state.json`` (step, scheduler, RNG, data position). The latest
   complete one is picked up automatically on the next run.
-* ``torchrun --nproc_per_node=N``: each rank takes its share of every global batch; gradients
-  are averaged with ``all_reduce`` before each optimizer step. (Hand-written rather than
-  ``DistributedDataParallel`` because the loss is computed inside the plugin, which calls its
-  own module - DDP needs the forward to go through its wrapper.)
+* ``torchrun --nproc_per_node=N``: each rank takes its share of every global batch.
+  ``parallelism="ddp"``: every rank holds all weights and gradients are averaged with
+  ``all_reduce`` before each optimizer step (hand-written: DDP's bucketing buys nothing at
+  drafter sizes). ``parallelism="fsdp"``: PyTorch's FSDP2 (``fully_shard``) shards weights,
+  gradients and optimizer state over the ranks and gathers the weights for each step. The
+  plugin's loss runs as the forward of one wrapper module (``_LossModule``) because FSDP
+  gathers a unit's weights in its forward hooks. Checkpoints are the same files either way
+  (full weights, full optimizer state), so a run can resume under the other mode.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from ..checkpoint import atomic_write_dir
 
@@ -52,6 +57,7 @@ class TrainerConfig:
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     seed: int = 0
     progress: bool = True
+    parallelism: str = "ddp"  # ddp | fsdp (only matters with more than one process)
 
 
 def world() -> tuple[int, int]:
@@ -63,6 +69,19 @@ def world() -> tuple[int, int]:
 def init_distributed(device: torch.device) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+class _LossModule(nn.Module):
+    """The trainable modules and the plugin's loss as one ``nn.Module`` whose forward is the
+    loss, so that FSDP's forward/backward hooks see every training step."""
+
+    def __init__(self, trainable: nn.Module, loss_fn: Callable[[dict, torch.Generator], dict]):
+        super().__init__()
+        self.trainable = trainable
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict, generator: torch.Generator) -> dict:
+        return self.loss_fn(batch, generator)
 
 
 class Trainer:
@@ -85,12 +104,12 @@ class Trainer:
         self.global_batch = cfg.batch_size * cfg.grad_accum * self.world
         self.steps_per_epoch = max(1, math.ceil(num_examples / self.global_batch))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-        self.params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        from transformers import get_cosine_schedule_with_warmup
-
-        self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, int(cfg.warmup_ratio * self.total_steps), self.total_steps)
+        self.loss_module = _LossModule(module, loss_fn)
+        self.fsdp = cfg.parallelism == "fsdp" and self.world > 1
+        # optimizer-state files number the parameters in this order, whatever the parallelism
+        self.param_names = [n for n, p in self.loss_module.named_parameters() if p.requires_grad]
+        self.params: list = []  # set by _setup_optimizer (FSDP replaces them with sharded DTensors)
+        self.optimizer = self.scheduler = None
         self.step = 0
         self.out = Path(cfg.output_dir)
         self.ckpt_root = self.out / "checkpoints"
@@ -109,11 +128,65 @@ class Trainer:
         return torch.Generator().manual_seed(((self.cfg.seed * 7919 + step) * 131 + self.rank) * 31 + micro)
 
     # ---- loop -------------------------------------------------------------------------------
+    def _setup_optimizer(self) -> None:
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.params = [p for p in self.loss_module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), self.total_steps)
+
+    def _shard(self) -> None:
+        """FSDP2 with the whole trainable module as one unit: weights, gradients and AdamW state
+        live sharded over the ranks (16 -> about 8 + 8/N bytes per fp32 parameter at the peak)
+        and the weights are gathered for the step. One unit, not one per layer, because
+        evaluation and export run the plugin's own modules outside the training forward,
+        where a per-layer unit's hooks would start collectives on rank 0 alone."""
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(self.loss_module)
+
+    @contextlib.contextmanager
+    def full_params(self):
+        """Inside this block the plugin's modules hold the full trainable weights as plain
+        tensors - for saving, checksums and evaluation, which read them directly (state_dict,
+        ``module.weight``) rather than through a forward. A no-op without FSDP.
+
+        Under FSDP every rank gathers the full state dict (``get_model_state_dict``, a
+        collective) and the sharded parameters are swapped for plain ones until the block
+        ends. (Not ``FSDPModule.unshard()``: FSDP's state-dict hook re-shards before
+        ``state_dict()``, so a plugin's ``save_pretrained`` would see shards.) Outside a
+        forward/backward FSDP keeps every unit sharded, so its hooks leave the swap alone."""
+        if not self.fsdp:
+            yield
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.loss_module, options=StateDictOptions(full_state_dict=True))
+        swapped = []
+        for prefix, module in self.loss_module.named_modules():
+            for name, param in list(module._parameters.items()):
+                key = f"{prefix}.{name}" if prefix else name
+                if param is not None and key in full:
+                    swapped.append((module, name, param))
+                    module._parameters[name] = nn.Parameter(full[key], requires_grad=param.requires_grad)
+        try:
+            yield
+        finally:
+            for module, name, param in swapped:
+                module._parameters[name] = param
+
     def train(self) -> dict:
-        self.resume()
+        ckpt = self.latest_checkpoint()
+        state = self._resume_model(ckpt) if ckpt is not None else None
         if self.world > 1:  # identical start on every rank
             for p in self.module.parameters():
                 dist.broadcast(p.data, 0)
+        if self.fsdp:
+            self._shard()
+        self._setup_optimizer()
+        if ckpt is not None:
+            self._resume_optimizer(ckpt, state)
         bar = None
         if self.cfg.progress and self.rank == 0:
             from tqdm import tqdm
@@ -126,20 +199,25 @@ class Trainer:
             t0 = time.perf_counter()
             self.optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
-            for micro, idx in enumerate(self.indices(self.step)):
+            micro_batches = self.indices(self.step)
+            for micro, idx in enumerate(micro_batches):
                 batch = self.make_batch(idx)
+                if self.fsdp:  # reduce-scatter gradients once, after the last micro-batch
+                    self.loss_module.set_requires_gradient_sync(micro == len(micro_batches) - 1)
                 with autocast:
-                    out = self.loss_fn(batch, self.generator(self.step, micro))
+                    out = self.loss_module(batch, self.generator(self.step, micro))
                 (out["loss"] / self.cfg.grad_accum).backward()
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach() if torch.is_tensor(v) else v) / self.cfg.grad_accum
-            if self.world > 1:
+            if self.world > 1 and not self.fsdp:
                 for p in self.params:
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                     dist.all_reduce(p.grad)
                     p.grad /= self.world
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+                grad_norm = grad_norm.full_tensor()
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -150,11 +228,13 @@ class Trainer:
                                 accept=f"{sums.get('accept_len', 0):.2f}")
                 bar.update(1)
             done = self.step >= self.total_steps
-            if self.evaluate is not None and ((self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or done):
-                self.module.eval()
-                last.update({f"eval_{k}": v for k, v in self.evaluate().items()})
-                self.module.train()
-                if bar is not None:
+            if (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or done:
+                with self.full_params():  # collective under FSDP: every rank enters, rank 0 evaluates
+                    if self.evaluate is not None:
+                        self.module.eval()
+                        last.update({f"eval_{k}": v for k, v in self.evaluate().items()})
+                        self.module.train()
+                if bar is not None and self.evaluate is not None:
                     bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if k.startswith("eval_")))
             self.log(last)
             if (self.cfg.save_every and self.step % self.cfg.save_every == 0) or done:
@@ -164,6 +244,16 @@ class Trainer:
         self.module.eval()
         return last
 
+    def release(self) -> None:
+        """Drop the optimizer (its FSDP state is DTensors bound to the process group) before the
+        group is destroyed: left to interpreter teardown, gloo sometimes aborts the process
+        ("terminate called without an active exception") after a successful run."""
+        self.optimizer = self.scheduler = None
+        self.params = []
+        import gc
+
+        gc.collect()
+
     def log(self, row: dict) -> None:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -171,42 +261,67 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def param_checksums(self) -> list[float]:
-        """One checksum of all trainable parameters per rank (they must agree)."""
-        local = torch.stack([p.detach().double().sum() for p in self.params]).sum().reshape(1).to(self.device)
+    def _all_ranks(self, value: float) -> list[float]:
+        local = torch.tensor([value], dtype=torch.float64, device=self.device)
         if self.world == 1:
             return [float(local)]
         gathered = [torch.zeros_like(local) for _ in range(self.world)]
         dist.all_gather(gathered, local)
         return [float(g) for g in gathered]
 
-    def save(self) -> None:
-        self.checksums = self.param_checksums()
-        if len(set(self.checksums)) > 1:
-            raise RuntimeError(f"ranks out of sync at step {self.step}: parameter checksums {self.checksums}")
-        if self.world > 1:
-            dist.barrier()
-        if self.rank == 0:
-            atomic_write_dir(self.ckpt_root / f"step-{self.step:08d}", self._write_state)
-            for old in sorted(self.ckpt_root.glob("step-*"))[: -self.cfg.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        if self.world > 1:
-            dist.barrier()
+    def param_checksums(self) -> list[float]:
+        """One checksum of all (full) trainable parameters per rank: they must agree."""
+        full = [p for p in self.loss_module.parameters() if p.requires_grad]  # plain inside full_params()
+        return self._all_ranks(float(torch.stack([p.detach().double().sum() for p in full]).sum()))
 
-    def _write_state(self, d: Path) -> None:
+    def save(self) -> None:
+        opt_tensors, param_groups = self._optimizer_state()  # collective under FSDP, outside full_params
+        with self.full_params():
+            self.checksums = self.param_checksums()
+            if len(set(self.checksums)) > 1:
+                raise RuntimeError(f"ranks out of sync at step {self.step}: parameter checksums {self.checksums}")
+            # what each rank holds of the trainable weights: all of them (DDP) or a shard (FSDP)
+            self.held = self._all_ranks(sum(_local(p).numel() for p in self.params))
+            if self.world > 1:
+                dist.barrier()
+            if self.rank == 0:
+                atomic_write_dir(self.ckpt_root / f"step-{self.step:08d}",
+                                 lambda d: self._write_state(d, opt_tensors, param_groups))
+                for old in sorted(self.ckpt_root.glob("step-*"))[: -self.cfg.keep_last]:
+                    shutil.rmtree(old, ignore_errors=True)
+            if self.world > 1:
+                dist.barrier()
+
+    def _optimizer_state(self) -> "tuple[dict, list]":
+        """The full optimizer state as safetensors entries ``state.<i>.<name>`` (parameter ``i``
+        of ``param_names``) and the param groups - the same file under 1 process, DDP or FSDP.
+        Under FSDP only rank 0 receives it."""
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            full = get_optimizer_state_dict(self.loss_module, self.optimizer,
+                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            index = {name: i for i, name in enumerate(self.param_names)}
+            state = {index[name]: st for name, st in full.get("state", {}).items()}
+            groups = [{**g, "params": [index[n] for n in g["params"]]} for g in full.get("param_groups", [])]
+        else:
+            opt = self.optimizer.state_dict()
+            state, groups = opt["state"], opt["param_groups"]
+        tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
+                   for i, st in state.items() for k, v in st.items() if torch.is_tensor(v)}
+        return tensors, groups
+
+    def _write_state(self, d: Path, opt_tensors: dict, param_groups: list) -> None:
         from safetensors.torch import save_file
 
         self.save_model(d / "model")
-        opt = self.optimizer.state_dict()
-        tensors = {f"state.{i}.{k}": v.detach().cpu().contiguous()
-                   for i, st in opt["state"].items() for k, v in st.items() if torch.is_tensor(v)}
-        tensors["torch_rng"] = torch.get_rng_state()
-        save_file(tensors, str(d / "optimizer.safetensors"))
+        save_file({**opt_tensors, "torch_rng": torch.get_rng_state()}, str(d / "optimizer.safetensors"))
         state = {
             "step": self.step, "total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch,
-            "param_groups": opt["param_groups"], "scheduler": self.scheduler.state_dict(),
+            "param_groups": param_groups, "scheduler": self.scheduler.state_dict(),
             "python_rng": _jsonable(random.getstate()), "world_size": self.world,
-            "rank_param_checksums": self.checksums,
+            "parallelism": "fsdp" if self.fsdp else "ddp",
+            "rank_param_checksums": self.checksums, "rank_param_numel": self.held,
         }
         (d / "trainer_state.json").write_text(json.dumps(state, default=_json_default))
 
@@ -214,12 +329,8 @@ class Trainer:
         done = [p for p in self.ckpt_root.glob("step-*") if (p / "trainer_state.json").is_file()]
         return max(done, key=lambda p: p.name) if done else None
 
-    def resume(self) -> None:
-        ckpt = self.latest_checkpoint()
-        if ckpt is None:
-            return
-        from safetensors.torch import load_file
-
+    def _resume_model(self, ckpt: Path) -> dict:
+        """Load the weights (before any sharding) and return the checkpoint's trainer state."""
         state = json.loads((ckpt / "trainer_state.json").read_text())
         if state["steps_per_epoch"] != self.steps_per_epoch:
             from ..errors import InputError
@@ -227,19 +338,38 @@ class Trainer:
             raise InputError(f"{ckpt}: written with {state['steps_per_epoch']} steps per epoch, this run has "
                              f"{self.steps_per_epoch} (data, batch size or world size changed); use a new output_dir")
         self.load_model(ckpt / "model")
+        return state
+
+    def _resume_optimizer(self, ckpt: Path, state: dict) -> None:
+        from safetensors.torch import load_file
+
         tensors = load_file(str(ckpt / "optimizer.safetensors"))
         opt_state: dict = {}
         for k, v in tensors.items():
             if k.startswith("state."):
                 _, i, name = k.split(".", 2)
                 opt_state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        if self.fsdp:  # a full state keyed by parameter name; FSDP keeps each rank's shard
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            names = self.param_names
+            full = {"state": {names[i]: st for i, st in opt_state.items()},
+                    "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+            # strict=False: a parameter that never received a gradient has no Adam state yet
+            set_optimizer_state_dict(self.loss_module, self.optimizer, optim_state_dict=full,
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(tensors["torch_rng"])
         random.setstate(_from_jsonable(state["python_rng"]))
         self.step = int(state["step"])
         if self.rank == 0:
             print(f"resuming from {ckpt} (step {self.step}/{self.total_steps})", flush=True)
+
+
+def _local(p: Tensor) -> Tensor:
+    return p.to_local() if hasattr(p, "to_local") else p  # an FSDP shard is a DTensor
 
 
 def _json_default(o):
