@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the recipe's drafter (section `training`): prompts are answered by the frozen "
         "target (cached), random anchor blocks are drafted with the block attention mask, and the "
         "position-decayed cross-entropy is minimised. Checkpoints are atomic; rerunning the same command "
-        "resumes from the last one. Multi-process: torchrun --nproc_per_node=N -m specforge_core.cli train ...",
+        "resumes from the last one. Multi-process: torchrun --nproc_per_node=N -m specforge_core.cli train ... "
+        "(data-parallel; add training.parallelism=fsdp to shard weights, gradients and optimizer state).",
         epilog=EPILOG_OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("recipe", help="recipe YAML path (or a name found in ./recipes)")

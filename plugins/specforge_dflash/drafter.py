@@ -21,6 +21,7 @@ from transformers import DynamicCache
 
 from specforge_core.errors import RecipeError
 from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
+from specforge_core.projection import project_rows
 
 from .layout import CORRECTOR_PREFIXES, check_against_target, load_draft, save_draft
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
@@ -110,7 +111,7 @@ class DFlashDrafter(Drafter):
         hidden = hidden if shift else hidden[:, 1:]  # [b, drafts, H]
         hidden = hidden[:, : max(ctx.max_draft, 0)]
         lm_head = self.lm_head
-        return DraftBlock(hidden=hidden, base_logits=lambda: lm_head(hidden).float(), anchor=ctx.anchor)
+        return DraftBlock(hidden=hidden, base_logits=lambda: project_rows(hidden, lm_head).float(), anchor=ctx.anchor)
 
     # ---- training -------------------------------------------------------------------------
     def training_module(self) -> torch.nn.Module:
