@@ -63,6 +63,7 @@ def load_target(target_cfg, registry=None) -> TargetModel:
     tokenizer = load_tokenizer(target_cfg, source)
     adapter = registry.target_adapter(model) if registry is not None else None
     target = TargetModel(model, tokenizer, adapter or default_adapter(model))
+    target.fast_few_rows = bool(target_cfg.few_row_linears)
     if tokenizer is not None and len(tokenizer) > target.vocab_size:
         raise IncompatibleError(
             f"tokenizer has {len(tokenizer)} tokens but the target's vocab_size is {target.vocab_size}"

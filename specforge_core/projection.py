@@ -1,15 +1,21 @@
-"""Project a few drafter rows onto the vocabulary: ``hidden [..., k, d] -> logits [..., k, V]``.
+"""Linear layers over a handful of rows: ``x [..., k, d] @ W[N, d]^T``.
 
 Hand-written because of one measured CPU quirk: for k = 2..16 rows, MKL on this project's
 2-core AMD EPYC runs ``x @ W^T`` (what ``nn.Linear`` calls) 2-3x slower than the same product
 laid out as ``(W @ x^T)^T`` (SmolLM2's tied lm_head, k = 8: 12.4 ms vs 6.7 ms), while a GPU's
-BLAS does not care. The first call for a given (rows, V, d, dtype) on a CPU times both layouts
-and keeps the faster. Both compute the same sums (up to float summation order), so this only
-changes how fast a draft is proposed - never what the target accepts.
+BLAS does not care. The first call for a given (rows, N, d, dtype) on a CPU times both layouts
+and keeps the faster. Both compute the same sums up to float summation order - as a gemm and a
+gemv already differ - so this changes how fast a block is drafted or verified, not what the
+target computes.
+
+* ``project_rows(hidden, lm_head)``: a drafter's block onto the vocabulary.
+* ``few_row_linears(model)``: a context in which every ``nn.Linear`` of ``model`` does the
+  same for inputs of at most ``MAX_ROWS`` rows (the target's verify forward).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
@@ -18,29 +24,64 @@ from torch import nn
 
 Tensor = torch.Tensor
 
-_transposed_is_faster: dict = {}  # (rows, V, d, dtype) -> bool, decided once per process
+MAX_ROWS = 16  # above this both layouts run as a proper gemm
+_transposed_is_faster: dict = {}  # (rows, N, d, dtype) -> bool, decided once per process
 
 
-def project_rows(hidden: Tensor, head: "nn.Module | Tensor") -> Tensor:
-    """``head`` is a bias-free linear layer (an lm_head) or its weight ``[V, d]``."""
-    weight = head if torch.is_tensor(head) else getattr(head, "weight", None)
-    if weight is None or getattr(head, "bias", None) is not None or hidden.device.type != "cpu":
-        return head(hidden) if not torch.is_tensor(head) else F.linear(hidden, head)
-    rows = hidden.reshape(-1, hidden.shape[-1])  # [m, d]
+def linear_rows(x: Tensor, weight: Tensor, bias: "Tensor | None" = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, in the faster layout for few rows on a CPU."""
+    rows = x.reshape(-1, x.shape[-1])  # [m, d]
+    if x.device.type != "cpu" or rows.shape[0] > MAX_ROWS or rows.shape[0] < 2:
+        return F.linear(x, weight, bias)
     key = (rows.shape[0], *weight.shape, weight.dtype)
     if key not in _transposed_is_faster:
         _transposed_is_faster[key] = _time(rows, weight, True) < _time(rows, weight, False)
-    return _project(rows, weight, _transposed_is_faster[key]).reshape(*hidden.shape[:-1], weight.shape[0])
+    out = _product(rows, weight, _transposed_is_faster[key])
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-def _project(rows: Tensor, weight: Tensor, transposed: bool) -> Tensor:
-    return (weight @ rows.T).T if transposed else F.linear(rows, weight)  # [m, V]
+def project_rows(hidden: Tensor, head: "nn.Module | Tensor") -> Tensor:
+    """``head`` is a linear layer (an lm_head) or a bare weight ``[V, d]``."""
+    if torch.is_tensor(head):
+        return linear_rows(hidden, head)
+    if isinstance(head, nn.Linear):
+        return linear_rows(hidden, head.weight, head.bias)
+    return head(hidden)
+
+
+@contextlib.contextmanager
+def few_row_linears(model: nn.Module):
+    """Route ``model``'s ``nn.Linear`` layers through ``linear_rows`` inside the block (an
+    instance-level ``forward``, removed on exit; a layer that already has one is left alone)."""
+    patched = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and "forward" not in module.__dict__:
+            module.forward = _forward_of(module)
+            patched.append(module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _forward_of(module: nn.Linear):
+    def forward(x: Tensor) -> Tensor:
+        return linear_rows(x, module.weight, module.bias)
+
+    return forward
+
+
+def _product(rows: Tensor, weight: Tensor, transposed: bool) -> Tensor:
+    return (weight @ rows.T).T if transposed else F.linear(rows, weight)  # [m, N]
 
 
 def _time(rows: Tensor, weight: Tensor, transposed: bool, reps: int = 3) -> float:
     with torch.inference_mode():
-        _project(rows, weight, transposed)  # warm-up
+        _product(rows, weight, transposed)  # warm-up
         t0 = time.perf_counter()
         for _ in range(reps):
-            _project(rows, weight, transposed)
+            _product(rows, weight, transposed)
         return time.perf_counter() - t0

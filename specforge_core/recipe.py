@@ -35,6 +35,7 @@ class TargetSection:
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     attn_implementation: Optional[str] = None  # transformers attn_implementation (null = its default)
+    few_row_linears: bool = True  # CPU: verify forwards use the faster matmul layout for <= 16 rows
 
 
 @dataclass

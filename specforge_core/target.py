@@ -19,6 +19,7 @@ exactly the requested decoder layers, in the same forward that verifies - not vi
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -28,6 +29,7 @@ from transformers import DynamicCache
 
 from .errors import IncompatibleError, InputError
 from .interfaces import Candidates
+from .projection import few_row_linears
 
 Tensor = torch.Tensor
 
@@ -76,6 +78,8 @@ class TargetModel:
         self._capture_layers: tuple[int, ...] = ()
         self._captured: dict[int, Tensor] = {}
         self._hooks: list = []
+        # verify forwards over few rows use the faster matmul layout on a CPU (projection.py)
+        self.fast_few_rows = True
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -173,11 +177,16 @@ class TargetModel:
             mask = torch.ones(n1, past + n1, dtype=torch.bool, device=ids.device)
             mask[:, past:] = candidates.attention_mask.to(ids.device)
             kwargs["attention_mask"] = mask[None, None].expand(ids.shape[0], 1, -1, -1)
-        out = self.model(
-            input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True, **kwargs
-        )
+        with self.verify_kernels():
+            out = self.model(
+                input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True, **kwargs
+            )
         self._last_fed = ids.shape[1]
         return out.logits.float(), self._features()
+
+    def verify_kernels(self):
+        """The context verify forwards run in (a cost model timing verify must use it too)."""
+        return few_row_linears(self.model) if self.fast_few_rows and self.device.type == "cpu" else nullcontext()
 
     @torch.inference_mode()
     def keep(self, rows: Tensor) -> None:

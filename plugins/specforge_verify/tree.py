@@ -354,7 +354,8 @@ def verify_cost_curve(target, max_nodes: int, repeats: int = 3) -> dict:
     cfg = target.model.config.to_json_string(use_diff=False)
     import hashlib
 
-    key = hashlib.sha256(f"{cfg}|{target.dtype}|{target.device}|{max_nodes}".encode()).hexdigest()[:16]
+    kernels = getattr(target, "fast_few_rows", False)
+    key = hashlib.sha256(f"{cfg}|{target.dtype}|{target.device}|{max_nodes}|{kernels}".encode()).hexdigest()[:16]
     f = cache_dir / f"verify-cost-{key}.json"
     if f.is_file():
         return {int(k): v for k, v in json.loads(f.read_text()).items()}
@@ -375,7 +376,8 @@ def verify_cost_curve(target, max_nodes: int, repeats: int = 3) -> dict:
                 if target.device.type == "cuda":
                     torch.cuda.synchronize(target.device)
                 t0 = time.perf_counter()
-                target.model(input_ids=x, past_key_values=target.cache, use_cache=True)
+                with target.verify_kernels():  # timed exactly as verify runs
+                    target.model(input_ids=x, past_key_values=target.cache, use_cache=True)
                 if target.device.type == "cuda":
                     torch.cuda.synchronize(target.device)
                 times.append(time.perf_counter() - t0)
