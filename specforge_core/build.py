@@ -222,7 +222,8 @@ def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
     for comp in (drafter, corrector, verifier):
         if comp is not None:
             comp.bind(target)  # loads weights, borrows embeddings, checks shapes
-    return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector))
+    return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector,
+                                                           cfg.drafter.num_speculative_tokens))
 
 
 def _ckpt(p: Optional[str], resolved: ResolvedRecipe) -> Optional[str]:

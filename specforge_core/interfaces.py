@@ -64,6 +64,9 @@ class DraftBlock:
     hidden: Optional[Tensor] = None  # [b, k, d] per-position drafter states (parallel drafters)
     base_logits: Union[Tensor, Callable[[], Tensor], None] = None  # [b, k, V] or lazy
     anchor: Optional[Tensor] = None  # [b] the last committed token the block continues
+    # lazy base logits from ``hidden`` ([b, k, d] -> [b, k, V]); after ``truncate`` only the
+    # kept rows are projected (a vocabulary projection is a large part of drafting cost)
+    project: Optional[Callable[[Tensor], Tensor]] = None
 
     @property
     def num_tokens(self) -> int:
@@ -73,10 +76,17 @@ class DraftBlock:
             return int(self.hidden.shape[1])
         return int(self.logits().shape[1])
 
+    @property
+    def has_logits(self) -> bool:
+        """Whether ``logits()`` can produce base logits (given, lazy, or projected from hidden)."""
+        return self.base_logits is not None or (self.project is not None and self.hidden is not None)
+
     def logits(self) -> Tensor:
         """``base_logits`` materialised (calls the lazy projection once and caches it)."""
         if callable(self.base_logits):
             self.base_logits = self.base_logits()
+        if self.base_logits is None and self.project is not None and self.hidden is not None:
+            self.base_logits = self.project(self.hidden)
         if self.base_logits is None:
             raise ValueError("this block carries no base_logits")
         return self.base_logits
@@ -93,7 +103,7 @@ class DraftBlock:
         elif callable(logits):
             full = logits
             logits = lambda: full()[:, :k]  # noqa: E731
-        return DraftBlock(cut(self.tokens), cut(self.probs), cut(self.hidden), logits, self.anchor)
+        return DraftBlock(cut(self.tokens), cut(self.probs), cut(self.hidden), logits, self.anchor, self.project)
 
 
 @dataclass

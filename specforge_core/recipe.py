@@ -42,6 +42,7 @@ class TargetSection:
 class DrafterSection:
     name: str = "ngram"
     block_size: int = 8  # max draft tokens per cycle: the one source of truth for the block size
+    num_speculative_tokens: Optional[int] = None  # verify only the block's first N drafts (null = all)
     checkpoint: Optional[str] = None  # local dir or hub id, for drafters that have weights
     options: Dict[str, Any] = field(default_factory=dict)  # validated against the plugin's Options
 
@@ -345,6 +346,8 @@ def _check_values(cfg: DictConfig, where: str) -> None:
         bad("generation.max_new_tokens", f"must be >= 1 (got {cfg.generation.max_new_tokens})")
     if cfg.drafter.block_size < 1:
         bad("drafter.block_size", f"must be >= 1 (got {cfg.drafter.block_size})")
+    if cfg.drafter.num_speculative_tokens is not None and cfg.drafter.num_speculative_tokens < 1:
+        bad("drafter.num_speculative_tokens", f"must be >= 1 or null (got {cfg.drafter.num_speculative_tokens})")
     tr = cfg.training
     for key in ("epochs", "batch_size", "grad_accum", "num_anchors", "keep_last", "eval_limit", "eval_max_new_tokens"):
         if tr[key] < 1:

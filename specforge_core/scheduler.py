@@ -66,8 +66,11 @@ def _sync(device: torch.device) -> None:
 
 class SpeculativeGenerator:
     def __init__(self, target: TargetModel, drafter: Drafter, verifier: Verifier,
-                 corrector: Optional[Corrector] = None):
+                 corrector: Optional[Corrector] = None, num_speculative_tokens: Optional[int] = None):
         self.target, self.drafter, self.verifier, self.corrector = target, drafter, verifier, corrector
+        # drafts verified per cycle at most (the block is drafted whole, then cut): fewer rows
+        # per verify forward when the target's cost grows faster than acceptance
+        self.num_speculative_tokens = num_speculative_tokens
         if corrector is not None:
             corrector.compatible_with(drafter)
         target.capture(drafter.context_layers)
@@ -104,8 +107,9 @@ class SpeculativeGenerator:
             budget = max_new_tokens - len(new) - 1
             t0 = time.perf_counter()
             block = drafter.draft(DraftContext(tokens=tokens, max_draft=budget, sampler=sampler))
-            if block.num_tokens > budget:
-                block = block.truncate(budget)
+            keep = budget if self.num_speculative_tokens is None else min(budget, self.num_speculative_tokens)
+            if block.num_tokens > keep:
+                block = block.truncate(keep)
             _sync(device)
             t1 = time.perf_counter()
             if getattr(self.verifier, "builds_from_block", False):  # e.g. a tree over the block's distributions

@@ -102,6 +102,22 @@ def test_perfect_drafter_commits_whole_blocks():
     assert out.tau == 5.0
 
 
+@pytest.mark.parametrize("drafter_kind", ["draft_model_same", "dflash"])
+@pytest.mark.parametrize("verifier_cls", verifiers(), ids=lambda c: c.__name__)
+def test_num_speculative_tokens_caps_the_verified_drafts(target, drafter_kind, verifier_cls):
+    """An 8-token block of which only the first 3 drafts are verified: still identical to AR,
+    never more than 3 drafts per forward, and the perfect drafter commits 3 + bonus per cycle."""
+    drafter = make_drafter(drafter_kind, 8, target)
+    gen = SpeculativeGenerator(target, drafter, verifier_cls(verifier_cls.Options()), num_speculative_tokens=3)
+    ids = prompt(40 + target.seed, 9)
+    out = gen.generate(ids, 30, GREEDY)
+    assert out.tokens == target.greedy_reference(ids, 30)[0].tolist()
+    assert max(c.num_drafted for c in out.cycles) <= 3 if verifier_cls.__name__ == "ChainVerifier" else True
+    assert max(c.num_accepted for c in out.cycles) <= 3
+    if drafter_kind == "draft_model_same":
+        assert out.cycles[0].num_accepted == 3
+
+
 def test_bad_requests(target):
     gen = SpeculativeGenerator(target, make_drafter("ngram", 4, target), verifiers()[0](None))
     with pytest.raises(InputError, match="empty"):

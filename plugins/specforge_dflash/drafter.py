@@ -5,7 +5,7 @@ Per cycle (reference-implementations.md section 1, "Generation loop"):
   one draft forward over [new context rows ; block]; the draft KV cache keeps context rows only
   (cropped back to ``start`` afterwards); block output k predicts token start + k (DFlash), or
   start + k + 1 with ``shift_label`` (Domino checkpoints), so a block drafts bs - 1 (bs) tokens.
-The drafter returns per-position ``hidden`` and lazy ``base_logits`` (the target's lm_head);
+The drafter returns per-position ``hidden`` and a lazy ``project`` to base logits (the target's lm_head);
 tokens are sampled from them by a Corrector or, without one, by the scheduler - with q = the
 warped base distribution, so speculative sampling at T>0 is exact.
 """
@@ -111,7 +111,7 @@ class DFlashDrafter(Drafter):
         hidden = hidden if shift else hidden[:, 1:]  # [b, drafts, H]
         hidden = hidden[:, : max(ctx.max_draft, 0)]
         lm_head = self.lm_head
-        return DraftBlock(hidden=hidden, base_logits=lambda: project_rows(hidden, lm_head).float(), anchor=ctx.anchor)
+        return DraftBlock(hidden=hidden, project=lambda h: project_rows(h, lm_head).float(), anchor=ctx.anchor)
 
     # ---- training -------------------------------------------------------------------------
     def training_module(self) -> torch.nn.Module:

@@ -162,7 +162,7 @@ class TreeVerifier(Verifier):
         k = block.num_tokens
         if k == 0:
             return self.propose(block.anchor.new_zeros(1, 0), None)
-        has_dists = block.base_logits is not None or block.probs is not None
+        has_dists = block.has_logits or block.probs is not None
         if not has_dists:  # a deterministic drafter's chain (e.g. n-gram): nothing to branch on
             return self.propose(block.tokens, None)
         o = self.options
@@ -172,7 +172,7 @@ class TreeVerifier(Verifier):
         if use_corrector:
             scorer = CorrectorScorer(corrector, block, sampler)
         else:
-            dists = block.probs[0] if block.base_logits is None else tree_probs(sampler, block.logits()[0])
+            dists = tree_probs(sampler, block.logits()[0]) if block.has_logits else block.probs[0]
             scorer = MarginalScorer(dists.float())
         if o.scheme == "sampled" and not sampler.greedy:
             return self._build_sampled(scorer, k, sampler, block.anchor.device)
