@@ -8,8 +8,10 @@ DFLARE="drafter.name=dflare drafter.checkpoint=checkpoints/smollm2-dflare-domino
 TREE="verifier.name=tree verifier.options.budget=null"   # cost-aware tree (measured verify cost)
 
 specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 \
+  --variant "drafter.num_speculative_tokens=3" \
   --variant "$TREE" \
   --variant "corrector.name=none" \
+  --variant "corrector.name=none drafter.num_speculative_tokens=3" \
   --variant "corrector.name=none $TREE" \
   --variant "$DFLARE" \
   --variant "$DFLARE $TREE" \

@@ -138,7 +138,7 @@ class Trainer:
 
     def _shard(self) -> None:
         """FSDP2 with the whole trainable module as one unit: weights, gradients and AdamW state
-        live sharded over the ranks (16 -> about 8 + 8/N bytes per fp32 parameter at the peak)
+        live sharded over the ranks (16 -> about 8 + 12/N bytes per fp32 parameter at the peak)
         and the weights are gathered for the step. One unit, not one per layer, because
         evaluation and export run the plugin's own modules outside the training forward,
         where a per-layer unit's hooks would start collectives on rank 0 alone."""
