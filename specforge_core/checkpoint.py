@@ -118,8 +118,7 @@ def save_checkpoint(directory: Path, config: dict, tensors: Mapping[str, torch.T
 
     def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        # own copies: a weight may be a view into someone else's buffer (FSDP's gathered weights)
-        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME),
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS_NAME),
                   metadata={"format": "pt"})
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
