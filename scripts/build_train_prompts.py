@@ -68,7 +68,61 @@ def stdlib_code_prompts(limit=400):
     return out[:limit]
 
 
-def main():
+ROLES = """a tour guide in Rome; a pirate captain; a personal fitness coach; a medieval knight; a travel agent;
+a detective; a kindergarten teacher; a chef at a busy restaurant; a museum curator; a startup founder;
+a park ranger; a librarian; a sports commentator; a doctor; a job interviewer; a customer support agent;
+an astronaut on the space station; a wise old wizard; a real estate agent; a radio DJ""".split(";")
+
+ROLE_TASKS = [
+    "Introduce yourself and describe a typical day.", "Give me advice about {t}.",
+    "Answer a visitor who asks you about {t}.", "Describe your biggest challenge at work.",
+    "Convince me to try something new.", "Tell me a short anecdote from your job.",
+]
+
+WRITING = [
+    "Write a persuasive essay introduction about {t}.", "Write a product description for a gadget inspired by {t}.",
+    "Write a blog post outline about {t}.", "Write a limerick about {t}.", "Write a dialogue between two friends about {t}.",
+    "Write a formal letter to a city council about {t}.", "Rewrite this sentence to be more formal: {t} is pretty cool.",
+    "Write the opening paragraph of a mystery novel set near {t}.",
+]
+
+CONCEPTS = """entropy; supply and demand; natural selection; the Pythagorean theorem; opportunity cost; recursion;
+photosynthesis rates; Newton's third law; the scientific method; the placebo effect; object-oriented programming;
+the Doppler effect; probability; impressionism; the separation of powers; the greenhouse effect; osmosis;
+binary numbers; the Industrial Revolution; compound words; the food chain; electric circuits; the Cold War;
+sorting algorithms; cognitive biases; the water table; haiku structure; the Enlightenment; prime numbers;
+the big bang; feudalism; hash tables; the nitrogen cycle; ocean currents; the Magna Carta; kinetic energy""".split(";")
+
+CONCEPT_TEMPLATES = [
+    "Explain the concept of {c} and give an example.", "How would you teach {c} to a high school student?",
+    "What are the real-world applications of {c}?", "Write a short quiz question about {c} and answer it.",
+]
+
+NAMES = ["Alice", "Bob", "Carlos", "Dina", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jonas"]
+CITIES = ["Paris", "Lima", "Oslo", "Cairo", "Tokyo", "Austin", "Berlin", "Nairobi", "Sydney", "Toronto"]
+
+REASONING = [
+    "{n1} is taller than {n2}, and {n2} is taller than {n3}. Who is the shortest? Explain.",
+    "If it takes {a} workers {b} days to build a wall, how long would it take {c} workers?",
+    "{n1} has twice as many books as {n2}. Together they have {c} books. How many does each have?",
+    "A train leaves {x} at 9 am traveling at {a} km/h. Another leaves at 10 am at {b} km/h. Explain how to find when the second catches up.",
+    "Is the following argument valid? Everything about {t} is interesting. {n1} likes something interesting. So {n1} likes {t}.",
+    "What comes next in the sequence {a}, {d}, {e}, {f}? Explain the pattern.",
+]
+
+EXTRACTION = [
+    "Extract the names and cities from this text as JSON: {n1} moved from {x} to {y} in {year}, where she met {n2}.",
+    "Summarize in one sentence: {n1} and {n2} opened a bakery in {x} in {year}. It became famous for its bread and later moved to {y}.",
+    "List every number in this sentence: In {year}, {a} people visited {x} and {b} of them came back.",
+    "Classify the sentiment of this review as positive or negative and explain: The trip to {x} was {adj}.",
+]
+
+ADJ = ["wonderful", "disappointing", "too long but fun", "a total waste of money", "better than expected",
+       "boring", "unforgettable", "stressful"]
+
+
+def part1():
+    """The first 876 prompts (kept byte-identical: their regenerated responses are cached by shard)."""
     rng = random.Random(0)
     prompts = [tpl.format(t=t.strip()) for t in TOPICS for tpl in rng.sample(TEMPLATES, 6)]
     prompts += [rng.choice(MATH).format(a=rng.randint(2, 99), b=rng.randint(2, 20)) for _ in range(120)]
@@ -79,7 +133,41 @@ def main():
             seen.add(p)
             unique.append(p)
     rng.shuffle(unique)
-    for i, p in enumerate(unique):
+    return unique
+
+
+def part2(seen):
+    """More varied prompts (roleplay, writing, reasoning, extraction, concepts, math), closer to the
+    spread of chat benchmarks' categories; appended after part 1."""
+    rng = random.Random(1)
+    topics = [t.strip() for t in TOPICS]
+    out = []
+    out += [rng.choice(ROLE_TASKS).format(t=rng.choice(topics)) for _ in range(160)]
+    out = [f"Pretend you are {rng.choice(ROLES).strip()}. {task}" for task in out]
+    out += [rng.choice(WRITING).format(t=rng.choice(topics)) for _ in range(200)]
+    out += [tpl.format(c=c.strip()) for c in CONCEPTS for tpl in CONCEPT_TEMPLATES]
+    for _ in range(200):
+        n1, n2, n3 = rng.sample(NAMES, 3)
+        x, y = rng.sample(CITIES, 2)
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        fill = dict(n1=n1, n2=n2, n3=n3, x=x, y=y, a=a, b=b, c=rng.randint(10, 90), d=a * 2, e=a * 4, f=a * 8,
+                    t=rng.choice(topics), year=rng.randint(1950, 2020), adj=rng.choice(ADJ))
+        out.append(rng.choice(REASONING + EXTRACTION).format(**fill))
+    out += [rng.choice(MATH).format(a=rng.randint(100, 999), b=rng.randint(21, 60)) for _ in range(120)]
+    out += [tpl.format(t=t) for t in topics for tpl in rng.sample(TEMPLATES, 3)]
+    unique = []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    rng.shuffle(unique)
+    return unique
+
+
+def main():
+    first = part1()
+    prompts = first + part2(set(first))
+    for i, p in enumerate(prompts):
         sys.stdout.write(json.dumps({"id": i, "prompt": p}) + "\n")
 
 

@@ -6,7 +6,7 @@ dataset. The chat template is applied with thinking disabled where the tokenizer
 it; the loss mask covers the assistant tokens only. The result is cached as one safetensors
 file (ids, masks, offsets - never pickle) keyed by everything that shapes it, so a second
 run skips regeneration. Regeneration itself is resumable: finished shards are cached as it
-goes.
+goes, and reused when the prompt file grows by appending.
 """
 
 from __future__ import annotations
@@ -95,30 +95,34 @@ def cache_key(target_id: str, prompts: list[str], cfg: RegenConfig) -> str:
 
 def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, target_id: str,
                progress: bool = True, shard_size: int = 32) -> list[TokenizedSequence]:
-    """Responses by the target for every prompt, cached under ``cache_dir``."""
+    """Responses by the target for every prompt, cached under ``cache_dir``.
+
+    Work is done in shards of ``shard_size`` prompts, each cached in ``regen-shards/`` under a
+    key of its own prompts, its offset and everything that shapes generation. An interrupted run
+    resumes shard by shard, and a prompt file that grows by appending reuses every full shard
+    of the earlier file. The assembled set is also cached as one file keyed by all prompts."""
     key = cache_key(target_id, prompts, cfg)
     final = Path(cache_dir) / f"regen-{key}.safetensors"
     if final.is_file():
         return load_sequences(final)
-    shard_dir = Path(cache_dir) / f"regen-{key}.shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    shard_dir = Path(cache_dir) / "regen-shards"
     stop = [i for i in [getattr(target.tokenizer, "eos_token_id", None)] if i is not None]
-    iterator = range(0, len(prompts), shard_size)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(prompts), desc="regenerating responses with the target", unit="prompt")
     sequences: list[TokenizedSequence] = []
-    for start in iterator:
-        shard = shard_dir / f"{start:08d}.safetensors"
-        if shard.is_file():  # done in an earlier (interrupted) run
+    for start in range(0, len(prompts), shard_size):
+        shard_prompts = prompts[start:start + shard_size]
+        shard = shard_dir / f"{cache_key(target_id, [f'offset {start}'] + shard_prompts, cfg)}.safetensors"
+        if shard.is_file():  # done by an earlier (interrupted, or shorter) run
             part = load_sequences(shard)
             if bar is not None:
                 bar.update(len(part))
         else:
             chunk = [encode_prompt(target.tokenizer, p, cfg.chat_template, cfg.system_prompt)[: cfg.max_length - 1]
-                     for p in prompts[start:start + shard_size]]
+                     for p in shard_prompts]
             part = []
             for j in range(0, len(chunk), cfg.batch_size):
                 torch.manual_seed(cfg.seed + start + j)
@@ -134,9 +138,6 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
     if bar is not None:
         bar.close()
     save_sequences(final, sequences)
-    for f in shard_dir.glob("*.safetensors"):
-        f.unlink()
-    shard_dir.rmdir()
     return sequences
 
 
@@ -207,23 +208,31 @@ def collate(seqs: list[TokenizedSequence], pad_id: int = 0) -> dict[str, Tensor]
     return {"input_ids": ids, "loss_mask": loss, "attention_mask": attn}
 
 
+def sequence_key(seq: TokenizedSequence) -> str:
+    """Content key of one sequence's cached features: its token ids and loss mask."""
+    h = hashlib.sha256(seq.input_ids.to(torch.int64).numpy().tobytes())
+    h.update(seq.loss_mask.to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def cache_features(target, sequences: list[TokenizedSequence], directory: Path, progress: bool = True) -> Path:
     """Offline mode: the target's context features of every sequence, one safetensors file
-    each (``target_hidden [S, F]``, written atomically), computed once and reused."""
+    each (``target_hidden [S, F]``, written atomically, named by the sequence's content), computed
+    once and reused by every later run - also by a run whose prompt file has grown."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(len(sequences)) if not (directory / f"{i:08d}.safetensors").is_file()]
+    todo = [s for s in sequences if not (directory / f"{sequence_key(s)}.safetensors").is_file()]
     bar = None
     if progress and todo:
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="caching target features", unit="seq")
-    for i in todo:
-        ids = sequences[i].input_ids[None].to(target.device)
+    for seq in todo:
+        ids = seq.input_ids[None].to(target.device)
         feats = target.hidden_features(ids)[0].cpu().contiguous()  # [S, F]
-        f = directory / f"{i:08d}.safetensors"
+        f = directory / f"{sequence_key(seq)}.safetensors"
         tmp = f.with_name(f.name + f".tmp-{os.getpid()}")
         save_file({"target_hidden": feats}, str(tmp))
         os.replace(tmp, f)
@@ -234,11 +243,11 @@ def cache_features(target, sequences: list[TokenizedSequence], directory: Path, 
     return directory
 
 
-def load_features(directory: Path, indices: list[int], length: int) -> Tensor:
-    """Cached features of ``indices``, right-padded to ``length``: [b, length, F]."""
+def load_features(directory: Path, sequences: list[TokenizedSequence], length: int) -> Tensor:
+    """Cached features of ``sequences``, right-padded to ``length``: [b, length, F]."""
     from safetensors.torch import load_file
 
-    rows = [load_file(str(Path(directory) / f"{i:08d}.safetensors"))["target_hidden"] for i in indices]
+    rows = [load_file(str(Path(directory) / f"{sequence_key(s)}.safetensors"))["target_hidden"] for s in sequences]
     out = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
     for j, r in enumerate(rows):
         out[j, : r.shape[0]] = r

@@ -86,7 +86,8 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
     features_dir = None
     if tr.features == "offline":  # computed once, reused by every epoch and every later run
         layers = "-".join(map(str, drafter.context_layers))
-        features_dir = cache_dir / f"features-{cache_key(target_id, prompts, regen)}-L{layers}-{target.dtype}".replace("torch.", "")
+        target_key = cache_key(target_id, [], regen)  # the target and generation settings, not the prompts
+        features_dir = cache_dir / f"features-{target_key}-L{layers}-{target.dtype}".replace("torch.", "")
         if rank == 0:
             cache_features(target, sequences, features_dir, progress)
         if world_size > 1:
@@ -95,7 +96,7 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
     def make_batch(idx: list[int]) -> dict:
         batch = {k: v.to(target.device) for k, v in collate([sequences[i] for i in idx], pad).items()}
         if features_dir is not None:
-            batch["target_hidden"] = load_features(features_dir, idx, batch["input_ids"].shape[1]).to(target.device)
+            batch["target_hidden"] = load_features(features_dir, [sequences[i] for i in idx], batch["input_ids"].shape[1]).to(target.device)
         else:
             batch["target_hidden"] = target.hidden_features(batch["input_ids"], batch["attention_mask"])
         batch["num_anchors"], batch["gamma"] = tr.num_anchors, tr.gamma
