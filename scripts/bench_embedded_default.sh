@@ -9,6 +9,7 @@ TREE="verifier.name=tree verifier.options.budget=null"   # cost-aware tree (meas
 
 FULL="drafter.num_speculative_tokens=null"                 # verify the whole 8-token block
 specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 \
+  --variant "drafter.num_speculative_tokens=4" \
   --variant "$FULL" \
   --variant "$FULL $TREE" \
   --variant "corrector.name=none $FULL" \

@@ -127,13 +127,7 @@ def part1():
     prompts = [tpl.format(t=t.strip()) for t in TOPICS for tpl in rng.sample(TEMPLATES, 6)]
     prompts += [rng.choice(MATH).format(a=rng.randint(2, 99), b=rng.randint(2, 20)) for _ in range(120)]
     prompts += stdlib_code_prompts()
-    seen, unique = set(), []
-    for p in prompts:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    rng.shuffle(unique)
-    return unique
+    return new_in_random_order(prompts, set(), rng)
 
 
 def part2(seen):
@@ -155,8 +149,13 @@ def part2(seen):
         out.append(rng.choice(REASONING + EXTRACTION).format(**fill))
     out += [rng.choice(MATH).format(a=rng.randint(100, 999), b=rng.randint(21, 60)) for _ in range(120)]
     out += [tpl.format(t=t) for t in topics for tpl in rng.sample(TEMPLATES, 3)]
+    return new_in_random_order(out, seen, rng)
+
+
+def new_in_random_order(prompts, seen, rng):
+    """The prompts not in ``seen`` (nor repeated), shuffled by ``rng``; adds them to ``seen``."""
     unique = []
-    for p in out:
+    for p in prompts:
         if p not in seen:
             seen.add(p)
             unique.append(p)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ Tensor = torch.Tensor
 
 MAX_ROWS = 16  # above this both layouts run as a proper gemm
 _transposed_is_faster: dict = {}  # (rows, N, d, dtype) -> bool, decided once per process
+_linears_of = weakref.WeakKeyDictionary()  # model -> [(nn.Linear, its few-row forward)], found once
 
 
 def linear_rows(x: Tensor, weight: Tensor, bias: "Tensor | None" = None) -> Tensor:
@@ -54,11 +56,15 @@ def project_rows(hidden: Tensor, head: "nn.Module | Tensor") -> Tensor:
 @contextlib.contextmanager
 def few_row_linears(model: nn.Module):
     """Route ``model``'s ``nn.Linear`` layers through ``linear_rows`` inside the block (an
-    instance-level ``forward``, removed on exit; a layer that already has one is left alone)."""
+    instance-level ``forward``, removed on exit; a layer that already has one is left alone).
+    The model's linear layers are looked up once (a verify runs this every cycle)."""
+    linears = _linears_of.get(model)
+    if linears is None:
+        linears = _linears_of[model] = [(m, _forward_of(m)) for m in model.modules() if isinstance(m, nn.Linear)]
     patched = []
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and "forward" not in module.__dict__:
-            module.forward = _forward_of(module)
+    for module, forward in linears:
+        if "forward" not in module.__dict__:
+            module.forward = forward
             patched.append(module)
     try:
         yield
