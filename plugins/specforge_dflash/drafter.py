@@ -39,8 +39,8 @@ class DFlashOptions:
     init_seed: int = 0
     # a fresh drafter only: start draft layer d from the weights of target decoder layer
     # init_from_target_layers[d] (matching parameter names; q_norm / k_norm stay at 1 when the
-    # target has none). Not in the DFlash paper: with little training data (the embedded
-    # default's 876 prompts) a pretrained start generalises better than a random one.
+    # target has none). Not in the DFlash paper; meant for small-data training, but on the
+    # embedded default it did not raise held-out tau (docs/training.md), so no recipe uses it.
     init_from_target_layers: Optional[list] = None
 
 
