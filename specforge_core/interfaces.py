@@ -56,8 +56,8 @@ class DraftContext:
 @dataclass
 class DraftBlock:
     """A drafted block. Deterministic drafters fill ``tokens`` (and maybe ``probs``);
-    parallel drafters fill ``hidden`` / ``base_logits`` / ``anchor`` and may leave ``tokens``
-    to be sampled by a Corrector or, with no corrector, by the scheduler from ``base_logits``."""
+    parallel drafters fill ``hidden`` / ``base_logits`` (or ``project``) / ``anchor`` and may leave
+    ``tokens`` to be sampled by a Corrector or, with no corrector, by the scheduler from ``logits()``."""
 
     tokens: Optional[Tensor] = None  # [b, k] long
     probs: Optional[Tensor] = None  # [b, k, V] draft distribution q (None: deterministic)

@@ -112,7 +112,8 @@ def test_num_speculative_tokens_caps_the_verified_drafts(target, drafter_kind, v
     ids = prompt(40 + target.seed, 9)
     out = gen.generate(ids, 30, GREEDY)
     assert out.tokens == target.greedy_reference(ids, 30)[0].tolist()
-    assert max(c.num_drafted for c in out.cycles) <= 3 if verifier_cls.__name__ == "ChainVerifier" else True
+    if verifier_cls.__name__ == "ChainVerifier":  # a tree may branch: more nodes, but still depth <= 3
+        assert max(c.num_drafted for c in out.cycles) <= 3
     assert max(c.num_accepted for c in out.cycles) <= 3
     if drafter_kind == "draft_model_same":
         assert out.cycles[0].num_accepted == 3
