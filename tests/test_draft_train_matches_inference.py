@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_domino import block_drafter
 from tiny import tiny_target
 
 from specforge_core.interfaces import DraftContext
 from specforge_dflare.plugin import DFlareDrafter
 from specforge_dflash import training
-from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
+from specforge_dflash.drafter import DFlashDrafter
 
 
 @pytest.mark.parametrize("cls,shift_label", [(DFlashDrafter, False), (DFlareDrafter, False), (DFlashDrafter, True)])
 def test_training_blocks_equal_decode_time_drafts(cls, shift_label):
     bs, prompt_len, S = 6, 9, 40
     target = tiny_target(seed=3)
-    drafter = cls(DFlashOptions(config={"num_hidden_layers": 2, "target_layer_ids": [0, 1],
-                                        "initializer_range": 0.2, "shift_label": shift_label}, init_seed=1), bs)
+    drafter = block_drafter(cls, bs, seed=1, num_hidden_layers=2, shift_label=shift_label)
     drafter.bind(target)
     target.capture(drafter.context_layers)
     drafter.model.eval()
