@@ -1,0 +1,1 @@
+"""The ``oracle`` drafter, for measurement only: it proposes the target's own greedy continuation."""
