@@ -64,11 +64,29 @@ def load_target(target_cfg, registry=None) -> TargetModel:
     adapter = registry.target_adapter(model) if registry is not None else None
     target = TargetModel(model, tokenizer, adapter or default_adapter(model))
     target.fast_few_rows = bool(target_cfg.few_row_linears)
+    use_static_cache(target, target_cfg.static_cache, target_cfg.cuda_graphs)
     if tokenizer is not None and len(tokenizer) > target.vocab_size:
         raise IncompatibleError(
             f"tokenizer has {len(tokenizer)} tokens but the target's vocab_size is {target.vocab_size}"
         )
     return target
+
+
+def use_static_cache(target: TargetModel, static_cache: Optional[bool], cuda_graphs: Optional[bool]) -> None:
+    """``target.static_cache`` / ``target.cuda_graphs``: null = on for a CUDA target whose layers all
+    use full attention (what the static cache supports), off otherwise; true insists (and raises
+    IncompatibleError for a model it cannot serve)."""
+    from .static_cache import check_full_attention
+
+    auto = target.device.type == "cuda"
+    if auto and (static_cache is None or cuda_graphs is None):
+        try:
+            check_full_attention(target.model.config)
+        except IncompatibleError:
+            auto = False
+    graphs = auto if cuda_graphs is None else bool(cuda_graphs)
+    if graphs or (auto if static_cache is None else bool(static_cache)):
+        target.use_static_cache(cuda_graphs=graphs)
 
 
 def model_location(target_cfg) -> str:

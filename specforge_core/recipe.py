@@ -36,6 +36,8 @@ class TargetSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     attn_implementation: Optional[str] = None  # transformers attn_implementation (null = its default)
     few_row_linears: bool = True  # CPU: verify forwards use the faster matmul layout for <= 16 rows
+    static_cache: Optional[bool] = None  # fixed KV buffers, kept rows never reallocated (static_cache.py); null = on with CUDA
+    cuda_graphs: Optional[bool] = None  # CUDA: verify replayed from a CUDA graph per bucketed row count (implies static_cache); null = on with CUDA
 
 
 @dataclass

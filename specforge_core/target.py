@@ -80,6 +80,7 @@ class TargetModel:
         self._hooks: list = []
         # verify forwards over few rows use the faster matmul layout on a CPU (projection.py)
         self.fast_few_rows = True
+        self.static = None  # a StaticVerify (static_verify.py) once use_static_cache() is called
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -140,8 +141,15 @@ class TargetModel:
         return feats
 
     # ---- forward passes ---------------------------------------------------------------
+    def use_static_cache(self, cuda_graphs: bool = False) -> None:
+        """Fixed KV buffers (``target.static_cache``) and, on CUDA, the verify forward replayed
+        from CUDA graphs per bucketed row count (``target.cuda_graphs``); see static_verify.py."""
+        from .static_verify import StaticVerify
+
+        self.static = StaticVerify(self, cuda_graphs)
+
     def reset(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = DynamicCache(config=self.model.config) if self.static is None else self.static.reset()
         self._captured.clear()
 
     def check_prompt(self, prompt_len: int, max_new_tokens: int) -> None:
@@ -160,12 +168,16 @@ class TargetModel:
     def prefill(self, input_ids: Tensor) -> "tuple[Tensor, Optional[Tensor]]":
         """``input_ids [b, t]`` -> (logits of the last position ``[b, V]``, features ``[b, t, F]``)."""
         self.reset()
+        if self.static is not None:
+            return self.static.prefill(input_ids)
         out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float(), self._features()
 
     @torch.inference_mode()
     def verify(self, anchor: Tensor, candidates: Candidates) -> "tuple[Tensor, Optional[Tensor]]":
         """Forward ``[anchor, candidates]`` -> (logits ``[b, n+1, V]``, features ``[b, n+1, F]``)."""
+        if self.static is not None:
+            return self.static.verify(anchor, candidates)
         past = self.cache_len
         ids = torch.cat([anchor[:, None], candidates.tokens], dim=1)  # [b, n+1]
         depths = torch.cat([candidates.depths.new_zeros(1), candidates.depths])  # [n+1]
