@@ -138,10 +138,6 @@ class StaticKVCache(Cache):
     def reset(self) -> None:
         self.length = 0
 
-    @property
-    def is_compileable(self) -> bool:
-        return True
-
 
 def causal_block(size: int, device) -> Tensor:
     """``[size, size]`` bool, True on and below the diagonal (row i attends to fed rows 0..i)."""
