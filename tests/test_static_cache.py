@@ -145,3 +145,22 @@ def test_cuda_graph_verify_matches_eager(dtype):
             assert gen.generate(prompt, 24, GREEDY).tokens == outs[-1]
             assert target.static.num_captures == captured  # the graphs were reused
     assert outs[0] == outs[1]
+
+
+def test_move_rows_moves_every_layer_at_once():
+    """One gather over the shared buffer == moving each layer's rows (what TargetModel.keep does)."""
+    model = tiny_target(seed=0).model
+    cache = StaticKVCache(model.config, 16)
+    keys = torch.randn(1, 2, 10, 16)
+    cache.write_rows = torch.arange(10)
+    for i in range(len(cache.layers)):
+        cache.update(keys + i, -keys - i, i)
+    cache.length = 10
+    rows = torch.tensor([0, 2, 5])  # a tree path: anchor, then nodes 2 and 5, fed at positions 4..9
+    expect = [(layer.keys[:, :, 4 + rows].clone(), layer.values[:, :, 4 + rows].clone()) for layer in cache.layers]
+    ptr = cache.kv.data_ptr()
+    cache.move_rows(4, rows)
+    cache.crop(-(10 - 4 - 3))
+    for layer, (k, v) in zip(cache.layers, expect):
+        assert torch.equal(layer.keys[:, :, 4:7], k) and torch.equal(layer.values[:, :, 4:7], v)
+    assert cache.get_seq_length() == 7 and cache.kv.data_ptr() == ptr
