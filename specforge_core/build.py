@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -9,6 +11,7 @@ from typing import Any, Optional
 import torch
 
 from .errors import IncompatibleError, InputError, ModelLoadError, RecipeError
+from .hub import require_hub_or_cache
 from .prompts import encode_prompt, prompt_text, read_jsonl
 from .recipe import ResolvedRecipe, resolve_path
 from .sampling import SamplingParams
@@ -54,8 +57,11 @@ def load_target(target_cfg, registry=None) -> TargetModel:
         source = None  # no tokenizer comes with random weights
     else:
         location = model_location(target_cfg)
+        if location == target_cfg.model:  # a hub id or a directory, as given
+            require_hub_or_cache(location, target_cfg.revision, "target model")
         try:
-            model = AutoModelForCausalLM.from_pretrained(location, revision=target_cfg.revision, dtype=dtype, **extra)
+            with no_progress_bars(quiet=Path(location).is_dir()):  # keep the bars of a hub download
+                model = AutoModelForCausalLM.from_pretrained(location, revision=target_cfg.revision, dtype=dtype, **extra)
         except Exception as e:  # OSError (no network / missing files), ValueError (bad config)
             raise ModelLoadError(_hub_message("target model", target_cfg.model, e)) from None
         source = location
@@ -87,6 +93,23 @@ def use_static_cache(target: TargetModel, static_cache: Optional[bool], cuda_gra
     graphs = auto if cuda_graphs is None else bool(cuda_graphs)
     if graphs or (auto if static_cache is None else bool(static_cache)):
         target.use_static_cache(cuda_graphs=graphs)
+
+
+@contextmanager
+def no_progress_bars(quiet: bool = True):
+    """transformers (>= 5) draws a bar on every ``from_pretrained`` ("Loading weights") and
+    ``save_pretrained`` ("Writing model shards"): noise for a local load of a second or less.
+    Switched off around our own calls only, and back on after (unless the user had them off)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if quiet and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was_on:
+            hf_logging.enable_progress_bar()
 
 
 def model_location(target_cfg) -> str:
@@ -134,10 +157,13 @@ def gguf_to_safetensors(folder: str, gguf_file: str) -> str:
         return str(out)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"specforge: converting {src.name} to safetensors (once) -> {out}", flush=True)
+    # stderr: the stdout of `specforge run` is the generated text
+    print(f"specforge: converting {src.name} to safetensors (once; later runs load it) -> {out}",
+          file=sys.stderr, flush=True)
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        with no_progress_bars():
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     except (ImportError, ValueError, OSError) as e:  # missing gguf / accelerate, unreadable file
         raise ModelLoadError(f"could not convert {src}: {str(e).splitlines()[0][:300]} "
                              "(GGUF loading needs `pip install gguf accelerate`)") from None
@@ -146,7 +172,8 @@ def gguf_to_safetensors(folder: str, gguf_file: str) -> str:
         del model.config.quantization_config
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with no_progress_bars():
+            model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
 
     atomic_write_dir(out, write)
@@ -164,6 +191,7 @@ def load_tokenizer(target_cfg, source: str):
     name = name or source
     if name is None:
         raise RecipeError("target.tokenizer is required with target.config (use `bytes` for the built-in byte tokenizer)")
+    require_hub_or_cache(name, target_cfg.revision, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(name, revision=target_cfg.revision)
     except Exception as e:
