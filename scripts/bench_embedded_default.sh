@@ -1,31 +1,59 @@
 #!/usr/bin/env bash
 # Regenerates docs/results.md's embedded-default tables and plots: SmolLM2-135M-Instruct on
-# this machine, every method in ONE process per temperature (same prompts, same AR baseline).
-# Run it on a quiet machine (nothing else using the CPU). About 15 minutes on 2 cores.
+# this machine. Each `specforge bench` runs AR and every method in ONE process, interleaved per
+# prompt, 3 repeats after a warm-up; the speedup is the median over prompts of AR time / method
+# time, with its range over the repeats. Run it on a quiet machine (nothing else using the CPU):
+# every bench says in its output when the load average was above the threads it used.
+#   bash scripts/bench_embedded_default.sh [all|quickstart|methods|t08|baselines]   (default: all)
+# About 45 minutes for `all` on 2 CPU cores. Tables: python scripts/results_table.py docs/results/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what="${1:-all}"
+OUT=docs/results
 DFLARE="drafter.name=dflare drafter.checkpoint=checkpoints/smollm2-dflare-domino"
 TREE="verifier.name=tree verifier.options.budget=null"   # cost-aware tree (measured verify cost)
-
 FULL="drafter.num_speculative_tokens=null"                 # verify the whole 8-token block
-specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 \
-  --variant "drafter.num_speculative_tokens=4" \
-  --variant "$FULL" \
-  --variant "$FULL $TREE" \
-  --variant "corrector.name=none $FULL" \
-  --variant "corrector.name=none" \
-  --variant "corrector.name=none $FULL $TREE" \
-  --variant "$DFLARE $FULL" \
-  --variant "$DFLARE $FULL $TREE" \
-  --variant "$DFLARE corrector.name=none $FULL" \
-  --variant "$DFLARE corrector.name=none $FULL $TREE" \
-  --variant "drafter.name=ngram drafter.checkpoint=null corrector.name=none $FULL" \
-  --json docs/results/smollm2_t0.json --plots docs/results/smollm2_t0
+run() { echo "+ $*" >&2; "$@"; }
 
-specforge bench recipes/quickstart.yaml prompts.limit=3 generation.max_new_tokens=64 sampling.temperature=0.8 \
-  bench.assistant_model=null drafter.num_speculative_tokens=null \
-  --variant "corrector.name=none" \
-  --variant "corrector.name=none verifier.options.rule=match" \
-  --variant "$DFLARE" \
-  --variant "verifier.name=tree verifier.options.budget=8" \
-  --json docs/results/smollm2_t08.json
+if [[ $what == all || $what == quickstart ]]; then
+  # the README's main job, twice back to back, then `specforge run` (its one-line result must agree)
+  run specforge bench recipes/quickstart.yaml --no-progress --json $OUT/quickstart_a.json
+  run specforge bench recipes/quickstart.yaml --no-progress --json $OUT/quickstart_b.json
+  run specforge run recipes/quickstart.yaml --json $OUT/quickstart_run.json > /dev/null
+fi
+
+if [[ $what == all || $what == methods ]]; then
+  run specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 --no-progress \
+    --variant "drafter.num_speculative_tokens=2" \
+    --variant "drafter.num_speculative_tokens=4" \
+    --variant "$FULL" \
+    --variant "$FULL $TREE" \
+    --variant "corrector.name=none" \
+    --variant "corrector.name=none $FULL" \
+    --variant "corrector.name=none $FULL $TREE" \
+    --variant "$DFLARE" \
+    --variant "$DFLARE $FULL $TREE" \
+    --variant "$DFLARE corrector.name=none $FULL $TREE" \
+    --variant "drafter.name=ngram drafter.checkpoint=null corrector.name=none" \
+    --json $OUT/smollm2_t0.json --plots $OUT/smollm2_t0
+fi
+
+if [[ $what == all || $what == baselines ]]; then
+  # transformers' assisted generation (an untrained early-exit assistant: nothing smaller shares
+  # SmolLM2's tokenizer offline) is slow, so it gets its own short run
+  run specforge bench recipes/quickstart.yaml prompts.limit=3 generation.max_new_tokens=64 --no-progress \
+    bench.assistant_model=early-exit:8 --json $OUT/smollm2_baselines.json
+fi
+
+if [[ $what == all || $what == t08 ]]; then
+  run specforge bench recipes/quickstart.yaml prompts.limit=3 generation.max_new_tokens=64 sampling.temperature=0.8 \
+    bench.prompt_lookup_num_tokens=0 --no-progress \
+    --variant "corrector.name=none" \
+    --variant "corrector.name=none verifier.options.rule=match" \
+    --variant "$FULL" \
+    --variant "$DFLARE" \
+    --variant "verifier.name=tree verifier.options.budget=8" \
+    --json $OUT/smollm2_t08.json
+fi
+python scripts/results_table.py $OUT/*.json > $OUT/tables.md
+echo "tables: $OUT/tables.md" >&2

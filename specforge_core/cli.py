@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="generate with a recipe and print the text and its stats",
         description="Generate with a recipe. Prints the text, then one stats line "
-        "(new tokens, tau = tokens per target forward, tokens/s).",
+        "(new tokens, tau = tokens per target forward, tokens/s). With generation.report_ar_speed "
+        "(the quickstart sets it) the speedup over plain decoding is measured as `bench` measures it: "
+        "a warm-up, then AR and the method interleaved bench.repeats times.",
         epilog=EPILOG_OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("recipe", help="recipe YAML path (or a name found in ./recipes)")
@@ -42,12 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="PATH", help="also write the output and stats as JSON")
     run.add_argument("--dry-run", action="store_true",
                      help="validate the recipe and print the resolved plan without loading any model")
+    run.add_argument("--profile", action="store_true",
+                     help="time each stage of a cycle (draft / propose / verify / accept); on a GPU this adds "
+                     "a device sync per stage")
 
     bench = sub.add_parser(
         "bench", help="benchmark a recipe against autoregressive decoding",
         description="Run the recipe's prompts through plain autoregressive decoding (transformers' "
-        "generate) and the recipe's speculative method in one process; report tau, speedup, "
-        "tokens/s, per-position acceptance and, at T=0, whether every output is identical.",
+        "generate), the recipe's speculative method and its --variant methods in one process, "
+        "interleaved: after a warm-up, each prompt is decoded by AR and every method back to back, "
+        "--repeats times. Reports tau, the speedup (median over prompts of AR time / method time) "
+        "with its range over repeats, tokens/s, per-position acceptance and, at T=0, whether every "
+        "output is identical to AR. Says so when the machine looked busy.",
         epilog=EPILOG_OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_argument("recipe", help="recipe YAML path (or a name found in ./recipes)")
@@ -60,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--answers", metavar="DIR", help="write Spec-Bench answer JSONL, one file per method")
     bench.add_argument("--plots", metavar="DIR", help="write PNG plots: acceptance per position, accepted-length "
                        "histogram, speedup per method")
+    bench.add_argument("--repeats", type=int, metavar="N",
+                       help="timed passes over the prompts (default: the recipe's bench.repeats, 3); AR and every "
+                       "method run back to back per prompt, so load hits them alike")
+    bench.add_argument("--profile", action="store_true",
+                       help="report the per-cycle time split (draft / propose / verify / accept) on a GPU too "
+                       "(a device sync per stage; on a CPU it is always reported)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     train = sub.add_parser(
@@ -112,6 +126,16 @@ def _load(args, check_plugins: bool = True):
     return registry, load_recipe(args.recipe, args.overrides, registry, check_plugins=check_plugins)
 
 
+def _threads(resolved) -> None:
+    """Choose the CPU thread count before anything is timed, and say it."""
+    from .build import pick_device
+    from .machine import apply_threads
+
+    line = apply_threads(resolved.cfg.target.num_threads, pick_device(resolved.cfg.target.device))
+    if line:
+        print(f"specforge: {line}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args) -> int:
     if args.dry_run:
         # the plan is printed even when a plugin is missing, then the missing plugin is the error
@@ -128,8 +152,9 @@ def cmd_run(args) -> int:
             raise problem
         return 0
     registry, resolved = _load(args)
-    from .build import build_pipeline, load_prompts
+    from .build import Prompt, build_pipeline, load_prompts
 
+    cfg = resolved.cfg
     prompt = args.prompt
     if prompt is None:
         prompts = load_prompts(resolved)
@@ -138,38 +163,52 @@ def cmd_run(args) -> int:
 
             raise InputError("no prompt: pass --prompt TEXT or give the recipe `prompts.inline` / `prompts.file`")
         prompt = prompts[0].text
-    pipe = build_pipeline(resolved, registry)
+    _threads(resolved)
+    pipe = build_pipeline(resolved, registry, profile=args.profile)
     ids = pipe.encode(prompt)
-    res = pipe.generator.generate(ids, int(resolved.cfg.generation.max_new_tokens), pipe.sampling(), pipe.stop_token_ids())
-    text = pipe.tokenizer.decode(res.tokens, skip_special_tokens=True)
-    print(text)
-    tps = len(res.tokens) / res.wall_s if res.wall_s > 0 else 0.0
-    line = (f"[{resolved.method}] {len(res.tokens)} tokens, tau {res.tau:.2f}, {tps:.1f} tokens/s, "
-            f"{res.num_target_forwards} target forwards")
-    ar_tps = None
-    if resolved.cfg.generation.report_ar_speed:
-        import time
+    max_new = int(cfg.generation.max_new_tokens)
+    if cfg.generation.report_ar_speed:  # measured exactly as `specforge bench` measures
+        from .bench.runner import run_bench
 
-        t0 = time.perf_counter()
-        ar = pipe.target.reference_generate(ids.to(pipe.target.device), int(resolved.cfg.generation.max_new_tokens),
-                                            pipe.stop_token_ids(), resolved.cfg.sampling.temperature)[0].tolist()
-        ar_tps = len(ar) / (time.perf_counter() - t0)
-        line += f"; autoregressive {ar_tps:.1f} tokens/s ({tps / ar_tps:.2f}x)"
-        if resolved.cfg.sampling.temperature == 0:
-            line += ", identical output" if ar == res.tokens else ", OUTPUT DIFFERS FROM AR"
-    print(line, file=sys.stderr)
+        [r] = run_bench([pipe], [Prompt(0, "run", prompt)], repeats=int(cfg.bench.repeats),
+                        warmup=int(cfg.bench.warmup), progress=False, with_baselines=False)
+        row = r.prompts[0]
+        tokens, tau, tps = row["output_ids"], r.tau, r.tokens_per_s
+        forwards = len(row["accept_lengths"])
+        lo, hi = r.speedup_range
+        extra = (f"; autoregressive {r.ar_tokens_per_s:.1f} tokens/s: {r.speedup:.2f}x [{lo:.2f}-{hi:.2f} over "
+                 f"{r.repeats} interleaved repeats after warm-up]")
+        if cfg.sampling.temperature == 0:
+            extra += ", identical output" if row["identical_to_ar"] else ", OUTPUT DIFFERS FROM AR"
+        if r.timing.get("busy"):
+            extra += f" (the machine looked busy: load average {r.timing['load_average']:.1f})"
+    else:
+        for _ in range(int(cfg.bench.warmup)):  # untimed: first-call costs
+            pipe.generator.generate(ids, max_new, pipe.sampling(), pipe.stop_token_ids())
+        res = pipe.generator.generate(ids, max_new, pipe.sampling(), pipe.stop_token_ids())
+        tokens, tau, forwards = res.tokens, res.tau, res.num_target_forwards
+        tps = len(res.tokens) / res.wall_s if res.wall_s > 0 else 0.0
+        r, extra = None, ""
+    text = pipe.tokenizer.decode(tokens, skip_special_tokens=True)
+    print(text)
+    print(f"[{resolved.method}] {len(tokens)} tokens, tau {tau:.2f}, {tps:.1f} tokens/s, "
+          f"{forwards} target forwards{extra}", file=sys.stderr)
     if args.json:
         _write_json(args.json, {
-            "method": resolved.method, "text": text, "output_ids": res.tokens, "prompt_tokens": res.prompt_len,
-            "new_tokens": len(res.tokens), "tau": res.tau, "tokens_per_s": tps, "wall_time": res.wall_s,
-            "accept_lengths": [1 + c.num_accepted for c in res.cycles], "ar_tokens_per_s": ar_tps,
+            "method": resolved.method, "text": text, "output_ids": tokens, "prompt_tokens": int(ids.shape[1]),
+            "new_tokens": len(tokens), "tau": tau, "tokens_per_s": tps,
+            "ar_tokens_per_s": None if r is None else r.ar_tokens_per_s,
+            "speedup": None if r is None else r.speedup, "speedup_range": None if r is None else r.speedup_range,
+            "accept_lengths": row["accept_lengths"] if r is not None else [1 + c.num_accepted for c in res.cycles],
         })
     return 0
 
 
 def cmd_bench(args) -> int:
     registry, resolved = _load(args)
-    from .bench.runner import markdown_table, run_bench
+    from omegaconf import OmegaConf
+
+    from .bench.runner import markdown_table, run_bench, timing_note
     from .build import build_pipeline, load_prompts
 
     prompts = load_prompts(resolved)
@@ -179,39 +218,49 @@ def cmd_bench(args) -> int:
         raise InputError("the recipe has no prompts (prompts.inline / prompts.file)")
     from .recipe import load_recipe
 
+    if args.repeats is not None and args.repeats < 1:
+        from .errors import InputError
+
+        raise InputError(f"--repeats must be >= 1 (got {args.repeats})")
+    # every recipe is validated before any model loads
     variants = [load_recipe(args.recipe, list(args.overrides) + v.split(), registry) for v in args.variant]
-    ar_cache: dict = {}
-    results = []
+    _threads(resolved)
+    pipes = []
     for r in [resolved, *variants]:
-        pipe = build_pipeline(r, registry)
-        results.append(run_bench(pipe, prompts, progress=not args.no_progress, ar_cache=ar_cache,
-                                 with_baselines=not results))
-        del pipe
+        same_target = pipes and OmegaConf.to_container(r.cfg.target) == OmegaConf.to_container(resolved.cfg.target)
+        pipes.append(build_pipeline(r, registry, target=pipes[0].target if same_target else None, profile=args.profile))
+    cfg = resolved.cfg
+    repeats = int(args.repeats if args.repeats is not None else cfg.bench.repeats)
+    results = run_bench(pipes, prompts, repeats=repeats, warmup=int(cfg.bench.warmup), progress=not args.no_progress)
     print(markdown_table(results))
+    print(timing_note(results), file=sys.stderr)
     failed = False
     for result in results:
         if result.lossless is False:
             failed = True
             bad = [p["question_id"] for p in result.prompts if p["identical_to_ar"] is False]
             print(f"specforge: LOSSLESS CHECK FAILED for {result.method}, prompts {bad}", file=sys.stderr)
+    spec, baselines = results[: len(pipes)], results[len(pipes):]
     if args.answers or args.plots:
         from .bench.report import write_answers, write_plots
 
         if args.answers:
-            write_answers(results, args.answers, pipe_tokenizer=_tokenizer_for(resolved, registry))
+            write_answers(results, args.answers, pipe_tokenizer=pipes[0].tokenizer)
         if args.plots:
             for f in write_plots(results, args.plots):
                 print(f"plot: {f}", file=sys.stderr)
     if args.json:
-        out = results[0].to_dict()
+        out = spec[0].to_dict()
         if variants:
-            out["variants"] = [dict(r.to_dict(), overrides=v) for r, v in zip(results[1:], args.variant)]
+            out["variants"] = [dict(r.to_dict(), overrides=v) for r, v in zip(spec[1:], args.variant)]
+        out["baselines"] = [b.to_dict() for b in baselines]
         _write_json(args.json, out)
     return 1 if failed else 0
 
 
 def cmd_train(args) -> int:
     registry, resolved = _load(args)
+    _threads(resolved)
     from .training.run import train
 
     metrics = train(resolved, registry, progress=not args.no_progress)
@@ -220,13 +269,6 @@ def cmd_train(args) -> int:
         print(f"trained {metrics.get('step')} steps: {shown}")
         print(f"weights (published layout): {metrics['export_dir']}")
     return 0
-
-
-def _tokenizer_for(resolved, registry):
-    from .build import load_tokenizer, model_location
-
-    t = resolved.cfg.target
-    return load_tokenizer(t, None if t.config is not None else model_location(t))
 
 
 def cmd_plugins(args) -> int:

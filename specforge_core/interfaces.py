@@ -135,9 +135,11 @@ class Candidates:
 class Accepted:
     """The verifier's decision for one cycle (batch size 1 rows are ``[1, ...]``)."""
 
-    tokens: Tensor  # [b, m] committed this cycle: accepted drafts followed by the bonus token
-    num_accepted: Tensor  # [b] long, how many *draft* tokens were accepted (m - 1)
-    path: Tensor  # [b, m - 1] long, indices of the accepted nodes in Candidates (chain: 0..m-2)
+    # [b, w] committed this cycle: the a = num_accepted accepted drafts, then the bonus token, then
+    # (optionally) -1 padding up to any width w >= a + 1, so a verifier need not read a on the host
+    tokens: Tensor
+    num_accepted: Tensor  # [b] long, how many *draft* tokens were accepted
+    path: Tensor  # [b, >= a] long, indices of the accepted nodes in Candidates (chain: 0, 1, ...); first a count
 
 
 # --------------------------------------------------------------------------------------

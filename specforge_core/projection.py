@@ -4,7 +4,8 @@ Hand-written because of one measured CPU quirk: for k = 2..16 rows, MKL on this 
 2-core AMD EPYC runs ``x @ W^T`` (what ``nn.Linear`` calls) 2-3x slower than the same product
 laid out as ``(W @ x^T)^T`` (SmolLM2's tied lm_head, k = 8: 12.4 ms vs 6.7 ms), while a GPU's
 BLAS does not care. The first call for a given (rows, N, d, dtype) on a CPU times both layouts
-and keeps the faster. Both compute the same sums up to float summation order - as a gemm and a
+and keeps the faster, for this process only (never from disk), keyed by everything that changes the
+answer: the shape, the dtype and torch's thread count (a run that changes threads re-times). Both compute the same sums up to float summation order - as a gemm and a
 gemv already differ - so this changes how fast a block is drafted or verified, not what the
 target computes.
 
@@ -16,6 +17,7 @@ target computes.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 import weakref
 
@@ -26,7 +28,7 @@ from torch import nn
 Tensor = torch.Tensor
 
 MAX_ROWS = 16  # above this both layouts run as a proper gemm
-_transposed_is_faster: dict = {}  # (rows, N, d, dtype) -> bool, decided once per process
+_transposed_is_faster: dict = {}  # (rows, N, d, dtype, threads) -> bool, decided once per process
 _linears_of = weakref.WeakKeyDictionary()  # model -> [(nn.Linear, its few-row forward)], found once
 
 
@@ -35,9 +37,9 @@ def linear_rows(x: Tensor, weight: Tensor, bias: "Tensor | None" = None) -> Tens
     rows = x.reshape(-1, x.shape[-1])  # [m, d]
     if x.device.type != "cpu" or rows.shape[0] > MAX_ROWS or rows.shape[0] < 2:
         return F.linear(x, weight, bias)
-    key = (rows.shape[0], *weight.shape, weight.dtype)
+    key = (rows.shape[0], *weight.shape, weight.dtype, torch.get_num_threads())
     if key not in _transposed_is_faster:
-        _transposed_is_faster[key] = _time(rows, weight, True) < _time(rows, weight, False)
+        _transposed_is_faster[key] = _faster_is_transposed(rows, weight)
     out = _product(rows, weight, _transposed_is_faster[key])
     if bias is not None:
         out = out + bias
@@ -84,10 +86,16 @@ def _product(rows: Tensor, weight: Tensor, transposed: bool) -> Tensor:
     return (weight @ rows.T).T if transposed else F.linear(rows, weight)  # [m, N]
 
 
-def _time(rows: Tensor, weight: Tensor, transposed: bool, reps: int = 3) -> float:
+def _faster_is_transposed(rows: Tensor, weight: Tensor, rounds: int = 5) -> bool:
+    """The layouts alternate, one product each per round, so a load spike hits both alike;
+    the medians decide."""
+    times = {True: [], False: []}
     with torch.inference_mode():
-        _product(rows, weight, transposed)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            _product(rows, weight, transposed)
-        return time.perf_counter() - t0
+        for layout in (True, False):
+            _product(rows, weight, layout)  # warm-up
+        for _ in range(rounds):
+            for layout in (True, False):
+                t0 = time.perf_counter()
+                _product(rows, weight, layout)
+                times[layout].append(time.perf_counter() - t0)
+    return statistics.median(times[True]) < statistics.median(times[False])

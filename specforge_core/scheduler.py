@@ -22,11 +22,17 @@ Tensor = torch.Tensor
 
 @dataclass
 class CycleStats:
-    num_drafted: int  # draft tokens verified this cycle
+    """One draft -> verify cycle. The stage times are wall seconds between the scheduler's
+    stamps; on a GPU they mean something only when the generator was asked to ``profile``
+    (which synchronises the device at each stamp), so ``timed`` says whether to trust them."""
+
+    num_drafted: int  # draft tokens (tree: nodes) verified this cycle
     num_accepted: int  # of which accepted
-    draft_s: float
-    correct_s: float
-    verify_s: float
+    draft_s: float = 0.0  # drafter.draft: the block's forward (+ projection if eager)
+    propose_s: float = 0.0  # corrector rollout / sampling the drafts / building the chain or tree
+    verify_s: float = 0.0  # the target's forward over [anchor, candidates]
+    accept_s: float = 0.0  # verifier.accept + KV-cache trim + drafter.commit + reading the result
+    timed: bool = False
 
 
 @dataclass
@@ -59,18 +65,23 @@ class GenerationResult:
         return counts
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def _stamp(device: torch.device, profile: bool) -> float:
+    """A time stamp; with ``profile`` on a GPU, after the queued work has finished (a host sync,
+    so never on the hot path unless asked). On a CPU work is synchronous and stamps are exact."""
+    if profile and device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 class SpeculativeGenerator:
     def __init__(self, target: TargetModel, drafter: Drafter, verifier: Verifier,
-                 corrector: Optional[Corrector] = None, num_speculative_tokens: Optional[int] = None):
+                 corrector: Optional[Corrector] = None, num_speculative_tokens: Optional[int] = None,
+                 profile: bool = False):
         self.target, self.drafter, self.verifier, self.corrector = target, drafter, verifier, corrector
         # drafts verified per cycle at most (the block is drafted whole, then cut): fewer rows
         # per verify forward when the target's cost grows faster than acceptance
         self.num_speculative_tokens = num_speculative_tokens
+        self.profile = profile  # per-stage times on a GPU (costs a device sync per stage)
         if corrector is not None:
             corrector.compatible_with(drafter)
         target.capture(drafter.context_layers)
@@ -78,14 +89,19 @@ class SpeculativeGenerator:
     @torch.inference_mode()
     def generate(self, prompt_ids: Tensor, max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
                  stop_token_ids: Sequence[int] = ()) -> GenerationResult:
-        """``prompt_ids [1, t]`` -> the new tokens, lossless w.r.t. the target's own decoding."""
+        """``prompt_ids [1, t]`` -> the new tokens, lossless w.r.t. the target's own decoding.
+
+        Host syncs: one at prefill (the first token) and one per cycle (the accepted count and the
+        committed tokens, read together); everything else stays on the device."""
         if prompt_ids.dim() == 1:
             prompt_ids = prompt_ids[None]
         if prompt_ids.shape[0] != 1:
             raise InputError(f"batch size {prompt_ids.shape[0]} is not supported yet; pass one prompt")
         target, drafter = self.target, self.drafter
         target.check_prompt(prompt_ids.shape[1], max_new_tokens)
-        device = target.device
+        target.capture(drafter.context_layers)  # the target may be shared with other generators
+        device, profile = target.device, self.profile
+        timed = profile or device.type != "cuda"
         prompt_ids = prompt_ids.to(device)
         sampler = Sampler(sampling, device)
         stop = set(int(s) for s in stop_token_ids)
@@ -97,9 +113,9 @@ class SpeculativeGenerator:
         first = sampler.sample(logits)  # [1]
         drafter.commit(prompt_ids.shape[1], features)
         tokens = torch.cat([prompt_ids, first[:, None]], 1)  # [1, t+1]; tokens[:, -1] = anchor
-        new = [int(first)]
-        _sync(device)
-        result = GenerationResult(tokens=new, prompt_len=prompt_ids.shape[1], prefill_s=time.perf_counter() - t_start)
+        new = [int(first)]  # host sync (prefill)
+        result = GenerationResult(tokens=new, prompt_len=prompt_ids.shape[1],
+                                  prefill_s=_stamp(device, profile) - t_start)
         result.stopped = new[0] in stop
 
         while len(new) < max_new_tokens and not result.stopped:
@@ -110,26 +126,25 @@ class SpeculativeGenerator:
             keep = budget if self.num_speculative_tokens is None else min(budget, self.num_speculative_tokens)
             if block.num_tokens > keep:
                 block = block.truncate(keep)
-            _sync(device)
-            t1 = time.perf_counter()
+            t1 = _stamp(device, profile)
             if getattr(self.verifier, "builds_from_block", False):  # e.g. a tree over the block's distributions
                 candidates = self.verifier.propose_block(block, self.corrector, sampler)
             else:
                 draft_tokens, draft_probs = self._realise(block, sampler)  # [1, k], [1, k, V] | None
                 candidates = self.verifier.propose(draft_tokens, draft_probs)
-            _sync(device)
-            t2 = time.perf_counter()
+            t2 = _stamp(device, profile)
 
             target_logits, features = target.verify(tokens[:, -1], candidates)  # [1, n+1, V]
+            t3 = _stamp(device, profile)
             accepted = self.verifier.accept(candidates, target_logits, sampler)
-            a = int(accepted.num_accepted[0])
+            # the cycle's one host sync: the accepted count and the committed tokens together
+            host = torch.cat([accepted.num_accepted[:1], accepted.tokens[0]]).tolist()
+            a = host[0]
+            committed = host[1 : a + 2]  # accepted drafts + the bonus token
             rows = torch.cat([accepted.path.new_zeros(1), accepted.path[0, :a] + 1])  # anchor + accepted nodes
-            target.keep(rows)
+            target.keep(rows, contiguous=candidates.attention_mask is None)  # a chain keeps a prefix
             drafter.commit(a + 1, None if features is None else features[:, rows.to(features.device)])
-            _sync(device)
-            t3 = time.perf_counter()
 
-            committed = accepted.tokens[0, : a + 1].tolist()
             for i, tok in enumerate(committed):  # stop at the first stop token
                 if tok in stop:
                     committed = committed[: i + 1]
@@ -137,10 +152,11 @@ class SpeculativeGenerator:
                     break
             committed = committed[: max_new_tokens - len(new)]
             new.extend(committed)
-            tokens = torch.cat([tokens, torch.tensor([committed], device=device)], 1)
-            result.cycles.append(CycleStats(candidates.num_nodes, a, t1 - t0, t2 - t1, t3 - t2))
+            tokens = torch.cat([tokens, accepted.tokens[:, : len(committed)]], 1)
+            t4 = _stamp(device, profile)
+            result.cycles.append(CycleStats(candidates.num_nodes, a, t1 - t0, t2 - t1, t3 - t2, t4 - t3, timed))
 
-        result.wall_s = time.perf_counter() - t_start
+        result.wall_s = _stamp(device, True) - t_start
         return result
 
     def _realise(self, block: DraftBlock, sampler: Sampler) -> "tuple[Tensor, Optional[Tensor]]":

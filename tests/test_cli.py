@@ -53,7 +53,7 @@ def test_run_overrides_after_options(tmp_path, capsys):
 def test_bench_json(tmp_path, capsys):
     out_json = tmp_path / "bench.json"
     rc = main(["bench", SMOKE, "--json", str(out_json), "--no-progress", "prompts.limit=2",
-               "generation.max_new_tokens=16"])
+               "generation.max_new_tokens=16", "--repeats", "2"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "| ngram+chain |" in cap.out  # markdown table
@@ -79,6 +79,22 @@ def test_bench_json(tmp_path, capsys):
     per_pos = r["num_accepted_tokens_per_pos"]
     assert all(a >= b for a, b in zip(per_pos, per_pos[1:]))  # accepting position i needs i-1
     assert r["speedup"] > 0 and r["tokens_per_s"] > 0 and r["ar_tokens_per_s"] > 0
+    # interleaved repeats: the speedup is the median of per-prompt ratios, with its range over repeats
+    assert r["repeats"] == 2 and r["speedup_range"][0] <= r["speedup_range"][1]
+    ratios = sorted(p["speedup"] for p in r["prompts"])
+    assert r["speedup"] == pytest.approx(sum(ratios) / 2)  # median of two prompts
+    assert r["timing"]["threads"] >= 1 and "hardware" in r["timing"]["machine"]
+    assert set(r["time_split_ms"]) == {"draft", "propose", "verify", "accept"}  # a CPU times every stage
+    assert "interleaved repeat" in cap.err
+
+
+def test_bench_reports_only_verified_positions(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    rc = main(["bench", SMOKE, "--json", str(out_json), "--no-progress", "prompts.limit=1",
+               "generation.max_new_tokens=12", "drafter.num_speculative_tokens=3", "--repeats", "1"])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(out_json.read_text())
+    assert r["verified_positions"] == 3 == len(r["accept_per_position"]) and r["block_size"] == 8
 
 
 def test_plugins_table(capsys):

@@ -59,13 +59,14 @@ def test_training_prompts_are_disjoint_from_benchmark_prompts():
 
 def test_bench_writes_json_answers_and_plots(tmp_path, capsys):
     code = main(["bench", str(ROOT / "recipes" / "smoke.yaml"), "prompts.limit=2", "generation.max_new_tokens=12",
-                 "bench.prompt_lookup_num_tokens=3", "bench.assistant_model=early-exit:1", "--variant", "verifier.name=tree",
+                 "bench.prompt_lookup_num_tokens=3", "bench.assistant_model=early-exit:1", "--variant", "verifier.name=tree", "--repeats", "1",
                  "--json", str(tmp_path / "out.json"), "--answers", str(tmp_path / "answers"),
                  "--plots", str(tmp_path / "plots"), "--no-progress"])
     assert code == 0
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["lossless"] is True and result["variants"][0]["method"] == "ngram+tree"
-    assert {b["method"] for b in result["baselines"]} == {"hf-prompt-lookup(3)", "hf-assisted(early-exit:1)"}
+    assert {b["method"] for b in result["baselines"]} == {"hf-prompt-lookup(3)",
+                                                        "hf-assisted(untrained early-exit assistant, the target's first 1 layers)"}
     assert all(b["lossless"] for b in result["baselines"])  # transformers' own rows are lossless too
     table = capsys.readouterr().out
     assert "hf-prompt-lookup(3)" in table and "ngram+tree" in table
@@ -95,12 +96,16 @@ needs_checkpoint = pytest.mark.skipif(not (ROOT / "checkpoints" / "smollm2-dflas
 @needs_checkpoint
 def test_quickstart_is_lossless_and_drafts_accept(tmp_path, capsys):
     out = tmp_path / "run.json"
-    code = main(["run", QUICKSTART, "generation.max_new_tokens=48", "--json", str(out)])
+    code = main(["run", QUICKSTART, "generation.max_new_tokens=48", "bench.repeats=2", "bench.warmup=0",
+                 "--json", str(out)])
     assert code == 0
     err = capsys.readouterr().err
     assert "identical output" in err and "autoregressive" in err  # the run line compares with plain decoding
+    assert "over 2 interleaved repeats" in err  # measured the way `specforge bench` measures
     result = json.loads(out.read_text())
     assert result["tau"] > 1.0 and result["new_tokens"] > 0
+    lo, hi = result["speedup_range"]
+    assert result["speedup"] > 0 and lo <= hi
 
 
 @needs_smollm2

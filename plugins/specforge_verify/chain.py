@@ -89,10 +89,10 @@ class ChainVerifier(Verifier):
             else:
                 dist = p_next
             bonus = sampler.sample_from_probs(dist)  # [b]
-        # batch size 1 (the scheduler's case): a single row, so the committed width is exact
-        width = int(num_accepted.max()) + 1
-        idx = torch.arange(width, device=drafts.device)
-        padded = torch.cat([drafts, drafts.new_zeros(b, 1)], 1)[:, :width]
+        # full width n+1 (no host read of the accepted count here: the scheduler reads it once):
+        # row = accepted drafts, then the bonus token, then -1 padding
+        idx = torch.arange(n + 1, device=drafts.device)
+        padded = torch.cat([drafts, drafts.new_zeros(b, 1)], 1)  # [b, n+1]
         tokens = torch.where(idx[None] < num_accepted[:, None], padded, bonus[:, None])
         tokens = torch.where(idx[None] <= num_accepted[:, None], tokens, tokens.new_full((), -1))
-        return Accepted(tokens=tokens, num_accepted=num_accepted, path=idx[None, : width - 1].expand(b, -1))
+        return Accepted(tokens=tokens, num_accepted=num_accepted, path=idx[None, :n].expand(b, -1))

@@ -40,12 +40,8 @@ Acceptance (lossless; the argument next to each scheme):
 from __future__ import annotations
 
 import heapq
-import json
 import math
-import os
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional
 
 import torch
@@ -53,6 +49,7 @@ import torch
 from specforge_core.errors import IncompatibleError, RecipeError
 from specforge_core.interfaces import Accepted, Candidates, Corrector, DraftBlock, Verifier
 from specforge_core.sampling import Sampler, residual
+from specforge_core.verify_cost import interp, verify_cost_curve
 
 Tensor = torch.Tensor
 
@@ -146,7 +143,7 @@ class TreeVerifier(Verifier):
                                     f"of {target.context_length} tokens")
         self.target = target
         if o.budget is None:
-            self.cost_curve = verify_cost_curve(target, o.max_budget)
+            self.cost_curve = verify_cost_curve(target, o.max_budget + 1)  # rows = nodes + the anchor
 
     # -- building ---------------------------------------------------------------------------------
     def propose(self, block_tokens: Tensor, block_probs: Optional[Tensor]) -> Candidates:
@@ -185,7 +182,7 @@ class TreeVerifier(Verifier):
         best_n, best_rate, acc = 1, -1.0, 1.0
         for n, logp in enumerate(scores_in_pop_order, 1):
             acc += math.exp(logp)
-            rate = acc / _interp(curve, n + 1)
+            rate = acc / interp(curve, n + 1)
             if rate > best_rate:
                 best_n, best_rate = n, rate
         return best_n
@@ -210,7 +207,7 @@ class TreeVerifier(Verifier):
         while heap and len(tokens) < budget:
             if auto:  # cost-aware: stop once 8 more nodes have not raised expected tokens / verify time
                 expected += math.exp(-heap[0][0])
-                rate = expected / _interp(self.cost_curve, len(tokens) + 2)
+                rate = expected / interp(self.cost_curve, len(tokens) + 2)
                 best_rate, since_best = (rate, 0) if rate > best_rate else (best_rate, since_best + 1)
                 if since_best >= 8:
                     break
@@ -345,56 +342,3 @@ def _candidates(tokens, parents, depths, children, device, probs, deterministic)
                       attention_mask=mask, extra={"children": children, "deterministic": deterministic})
 
 
-# ---- cost-aware budget -------------------------------------------------------------------------------
-def verify_cost_curve(target, max_nodes: int, repeats: int = 3) -> dict:
-    """Median wall time of one verify forward over n new rows (n = 1, 2, 4, ... up to
-    ``max_nodes + 1``) after a 256-token context, on this device; cached under
-    ``$SPECFORGE_CACHE`` (default ``~/.cache/specforge``) per model config / dtype / device."""
-    cache_dir = Path(os.environ.get("SPECFORGE_CACHE", Path.home() / ".cache" / "specforge"))
-    cfg = target.model.config.to_json_string(use_diff=False)
-    import hashlib
-
-    kernels = getattr(target, "fast_few_rows", False)
-    key = hashlib.sha256(f"{cfg}|{target.dtype}|{target.device}|{max_nodes}|{kernels}".encode()).hexdigest()[:16]
-    f = cache_dir / f"verify-cost-{key}.json"
-    if f.is_file():
-        return {int(k): v for k, v in json.loads(f.read_text()).items()}
-    sizes, n = [], 1
-    while n < max_nodes + 1:
-        sizes.append(n)
-        n *= 2
-    sizes.append(max_nodes + 1)
-    ctx = min(256, max(1, target.context_length - max_nodes - 2))
-    ids = torch.randint(0, target.vocab_size, (1, ctx), device=target.device)
-    curve = {}
-    with torch.inference_mode():
-        for n in sizes:
-            times = []
-            for _ in range(repeats):
-                target.prefill(ids)
-                x = torch.randint(0, target.vocab_size, (1, n), device=target.device)
-                if target.device.type == "cuda":
-                    torch.cuda.synchronize(target.device)
-                t0 = time.perf_counter()
-                with target.verify_kernels():  # timed exactly as verify runs
-                    target.model(input_ids=x, past_key_values=target.cache, use_cache=True)
-                if target.device.type == "cuda":
-                    torch.cuda.synchronize(target.device)
-                times.append(time.perf_counter() - t0)
-            curve[n] = sorted(times)[len(times) // 2]
-    target.reset()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(curve))
-    os.replace(tmp, f)
-    return curve
-
-
-def _interp(curve: dict, n: int) -> float:
-    xs = sorted(curve)
-    if n <= xs[0]:
-        return curve[xs[0]]
-    for a, b in zip(xs, xs[1:]):
-        if a <= n <= b:
-            return curve[a] + (curve[b] - curve[a]) * (n - a) / (b - a)
-    return curve[xs[-1]] * n / xs[-1]

@@ -8,6 +8,7 @@ model (a training-free self-speculative assistant; SmolLM2 has no smaller siblin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import torch
@@ -51,18 +52,42 @@ def hf_generate(target, ids: torch.Tensor, max_new: int, stop: list[int], temper
     from transformers import GenerationConfig
 
     sample = temperature > 0
+    # every generation option goes into the config (options passed next to a config are deprecated);
+    # only the assistant model itself is a keyword
+    options = {k: v for k, v in spec_kwargs.items() if k != "assistant_model"}
     cfg = GenerationConfig(max_new_tokens=max_new, do_sample=sample, temperature=temperature if sample else None,
-                           top_k=None, top_p=None, eos_token_id=stop or None, pad_token_id=stop[0] if stop else 0)
+                           top_k=None, top_p=None, eos_token_id=stop or None, pad_token_id=stop[0] if stop else 0,
+                           **options)
+    models = {k: v for k, v in spec_kwargs.items() if k == "assistant_model"}
     ids = ids.to(target.device)
     if target.device.type == "cuda":
         torch.cuda.synchronize(target.device)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), _quiet_assistant_generate():
         out = target.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg,
-                                    **spec_kwargs)
+                                    **models)
     if target.device.type == "cuda":
         torch.cuda.synchronize(target.device)
     return out[0, ids.shape[1]:].tolist(), time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _quiet_assistant_generate():
+    """transformers' assisted generation calls the assistant's ``generate`` with a config plus
+    keyword options itself (candidate_generator.py) and then warns that this is deprecated, once
+    per call; nothing on our side can avoid it. Drop exactly that record, only during our call."""
+    import logging
+
+    class _Drop(logging.Filter):
+        def filter(self, record):
+            return not record.getMessage().startswith("Passing `generation_config` together with")
+
+    log, f = logging.getLogger("transformers.generation.utils"), _Drop()
+    log.addFilter(f)
+    try:
+        yield
+    finally:
+        log.removeFilter(f)
 
 
 def baseline_methods(pipe) -> list[tuple[str, dict]]:
@@ -74,5 +99,8 @@ def baseline_methods(pipe) -> list[tuple[str, dict]]:
                     {"prompt_lookup_num_tokens": int(b.prompt_lookup_num_tokens)}))
     if b.assistant_model:
         assistant = load_assistant(b.assistant_model, pipe.target)
-        out.append((f"hf-assisted({b.assistant_model})", {"assistant_model": assistant}))
+        # an early-exit assistant is the target's first layers with no training for drafting: say so
+        what = (f"untrained early-exit assistant, the target's first {b.assistant_model.split(':', 1)[1]} layers"
+                if b.assistant_model.startswith("early-exit:") else b.assistant_model)
+        out.append((f"hf-assisted({what})", {"assistant_model": assistant}))
     return out

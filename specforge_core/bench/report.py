@@ -40,19 +40,22 @@ def write_plots(results, directory: str) -> list[Path]:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     files = []
+    spec = [r for r in results if r.tau is not None]  # SpecForge methods (baselines expose no counters)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r in results:
-        ax.plot(range(1, len(r.accept_per_position) + 1), r.accept_per_position, marker="o", label=r.method)
-    ax.set(xlabel="draft position", ylabel="acceptance rate (per cycle)", title="Acceptance per position", ylim=(0, 1))
+    for r in spec:  # only the verified positions (num_speculative_tokens cuts the block): none is drawn as 0
+        ax.plot(range(1, len(r.accept_per_position) + 1), r.accept_per_position, marker="o",
+                label=f"{r.method} ({len(r.accept_per_position)} verified)")
+    ax.set(xlabel="draft position", ylabel="acceptance rate (per cycle)", title="Acceptance per verified position",
+           ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     files.append(_save(fig, out / "acceptance_per_position.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    longest = max((max(p["accept_lengths"], default=1) for r in results for p in r.prompts), default=1)
+    longest = max((max(p["accept_lengths"], default=1) for r in spec for p in r.prompts), default=1)
     bins = [x - 0.5 for x in range(1, longest + 2)]
-    for r in results:
+    for r in spec:
         lengths = [a for p in r.prompts for a in p["accept_lengths"]]
         ax.hist(lengths, bins=bins, alpha=0.5, label=f"{r.method} (tau {r.tau:.2f})", density=True)
     ax.set(xlabel="tokens committed per target forward", ylabel="fraction of cycles",
@@ -60,12 +63,15 @@ def write_plots(results, directory: str) -> list[Path]:
     ax.legend(fontsize=8)
     files.append(_save(fig, out / "accept_length_histogram.png"))
 
-    rows = [(r.method, r.speedup) for r in results] + [(b.method, b.speedup) for r in results for b in r.baselines]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows)), 4))
-    ax.bar(range(len(rows)), [s for _, s in rows], color=["C0" if s >= 1 else "C3" for _, s in rows])
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(results)), 4))
+    x = list(range(len(results)))
+    ax.bar(x, [r.speedup for r in results], color=["C0" if r.speedup >= 1 else "C3" for r in results])
+    lo = [r.speedup - r.speedup_range[0] for r in results]
+    hi = [r.speedup_range[1] - r.speedup for r in results]
+    ax.errorbar(x, [r.speedup for r in results], yerr=[lo, hi], fmt="none", ecolor="k", capsize=3, lw=0.8)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
-    ax.set_xticks(range(len(rows)), [m for m, _ in rows], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="speedup vs autoregressive", title=f"Speedup per method ({results[0].device})")
+    ax.set_xticks(x, [r.method for r in results], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="speedup vs autoregressive (median, range over repeats)", title=f"Speedup per method ({results[0].device})")
     files.append(_save(fig, out / "speedup.png"))
     return files
 

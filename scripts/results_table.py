@@ -1,0 +1,62 @@
+"""Print docs/results.md's tables from `specforge bench --json` files, so every figure in them
+comes from a measured file and a command.
+
+    python scripts/results_table.py docs/results/smollm2_t0.json [--labels "k=3" "k=4" ...]
+
+One row per method (the recipe's, then each --variant, then transformers' baselines): tau, speedup
+(median over prompts of AR time / method time) with its range over the interleaved repeats,
+tokens/s, per-cycle time split, per-position acceptance (verified positions only), lossless.
+The last line says how the run was timed, on which machine, and whether it looked busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def rows(result: dict) -> list[dict]:
+    return [result, *result.get("variants", []), *result.get("baselines", [])]
+
+
+def label(r: dict) -> str:
+    extra = r.get("overrides")
+    return f"{r['method']} `{extra}`" if extra else r["method"]
+
+
+def table(result: dict) -> str:
+    out = ["| method | tau | speedup [range over repeats] | tok/s | ms per cycle: draft / propose / verify / accept "
+           "| acceptance at verified positions 1, 2, 3, ... | lossless |",
+           "|---|---|---|---|---|---|---|"]
+    ar = result["ar_tokens_per_s"]
+    out.append(f"| autoregressive (transformers `generate`) | 1 | 1.00x | {ar:.1f} | | | - |")
+    for r in rows(result):
+        split = r.get("time_split_ms")
+        split = " / ".join(f"{split[k]:.0f}" for k in ("draft", "propose", "verify", "accept")) if split else ""
+        acc = ", ".join(f"{a:.2f}" for a in r.get("accept_per_position", []))
+        tau = "-" if r.get("tau") is None else f"{r['tau']:.2f}"
+        lo, hi = r["speedup_range"]
+        lossless = {True: "yes", False: "**NO**", None: "n/a"}[r["lossless"]]
+        out.append(f"| {label(r)} | {tau} | {r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}] | {r['tokens_per_s']:.1f} | "
+                   f"{split} | {acc} | {lossless} |")
+    t = result["timing"]
+    out.append("")
+    out.append(f"{result['n_prompts']} prompts x {result['repeats']} interleaved repeats after {t['warmup']} warm-up, "
+               f"{result['max_new_tokens']} new tokens, T={result['temperature']:g}; {t['machine']['hardware']}, "
+               f"torch {t['machine']['torch']}; load average {t['load_average']:.2f}"
+               + (" (THE MACHINE LOOKED BUSY)" if t.get("busy") else " (quiet)"))
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("json", nargs="+", help="bench JSON files")
+    args = p.parse_args()
+    for f in args.json:
+        print(f"<!-- python scripts/results_table.py {f} -->")
+        print(table(json.load(open(f))))
+        print()
+
+
+if __name__ == "__main__":
+    main()
