@@ -38,12 +38,19 @@ class TargetSection:
     few_row_linears: bool = True  # CPU: verify forwards use the faster matmul layout for <= 16 rows
     static_cache: Optional[bool] = None  # fixed KV buffers, kept rows never reallocated (static_cache.py); null = on with CUDA
     cuda_graphs: Optional[bool] = None  # CUDA: verify replayed from a CUDA graph per bucketed row count (implies static_cache); null = on with CUDA
+    num_threads: Optional[int] = None  # CPU threads for decoding; null = auto: the cores no other process is busy on
+
+
+DEFAULT_BLOCK_SIZE = 8  # drafter.block_size when neither the recipe nor the drafter's checkpoint sets it
 
 
 @dataclass
 class DrafterSection:
     name: str = "ngram"
-    block_size: int = 8  # max draft tokens per cycle: the one source of truth for the block size
+    # max draft tokens per cycle (DFlash: the block, bs - 1 drafts). null = what the drafter's
+    # checkpoint records (DFlash / DFlare config.json `block_size`), else DEFAULT_BLOCK_SIZE;
+    # build.drafter_block_size decides, and the built drafter's `block_size` is the one in force
+    block_size: Optional[int] = None
     num_speculative_tokens: Optional[int] = None  # verify only the block's first N drafts (null = all)
     checkpoint: Optional[str] = None  # local dir or hub id, for drafters that have weights
     options: Dict[str, Any] = field(default_factory=dict)  # validated against the plugin's Options
@@ -89,7 +96,8 @@ class PromptsSection:
 
 @dataclass
 class BenchSection:
-    warmup: int = 1  # untimed prompts before timing (first-call overheads)
+    warmup: int = 1  # untimed decodes of the first prompt by every method before timing (first-call costs)
+    repeats: int = 3  # timed passes over the prompts; AR and every method interleaved per prompt
     check_lossless: bool = True  # T=0: compare every output with greedy decoding
     # transformers' own speculative decoding on the same target, same prompts, same run:
     prompt_lookup_num_tokens: int = 0  # >0: a row for generate(prompt_lookup_num_tokens=N)
@@ -346,7 +354,11 @@ def _check_values(cfg: DictConfig, where: str) -> None:
         bad("sampling.top_p", f"must be in (0, 1] (got {s.top_p})")
     if cfg.generation.max_new_tokens < 1:
         bad("generation.max_new_tokens", f"must be >= 1 (got {cfg.generation.max_new_tokens})")
-    if cfg.drafter.block_size < 1:
+    if cfg.bench.repeats < 1 or cfg.bench.warmup < 0:
+        bad("bench", f"needs repeats >= 1 and warmup >= 0 (got {cfg.bench.repeats}, {cfg.bench.warmup})")
+    if t.num_threads is not None and t.num_threads < 1:
+        bad("target.num_threads", f"must be >= 1 or null for auto (got {t.num_threads})")
+    if cfg.drafter.block_size is not None and cfg.drafter.block_size < 1:
         bad("drafter.block_size", f"must be >= 1 (got {cfg.drafter.block_size})")
     if cfg.drafter.num_speculative_tokens is not None and cfg.drafter.num_speculative_tokens < 1:
         bad("drafter.num_speculative_tokens", f"must be >= 1 or null (got {cfg.drafter.num_speculative_tokens})")

@@ -41,6 +41,9 @@ def load_assistant(spec: str, target):
         return early_exit_assistant(target, int(spec.split(":", 1)[1]))
     from transformers import AutoModelForCausalLM
 
+    from ..hub import require_hub_or_cache
+
+    require_hub_or_cache(spec, None, "bench.assistant_model")  # offline: one line now, not after retries
     try:
         return AutoModelForCausalLM.from_pretrained(spec, dtype=target.dtype).to(target.device).eval()
     except Exception as e:
