@@ -22,7 +22,6 @@ capacity is sized at prefill with headroom) or when the captured layers change.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -38,12 +37,6 @@ Tensor = torch.Tensor
 BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64)  # verify row counts a graph is captured for
 MIN_CAPACITY = 1024  # cache positions allocated at least (Qwen3-8B: 147 KB per position in bf16)
 HEADROOM = 512  # positions beyond the prompt reserved at prefill before the cache has to grow
-
-
-def cache_keyword(model) -> str:
-    """The model's keyword for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def bucket_for(n: int) -> Optional[int]:
@@ -71,7 +64,7 @@ class StaticVerify:
         check_full_attention(target.model.config)
         self.target = target
         self.cache: Optional[StaticKVCache] = None
-        self.keyword = cache_keyword(target.model)
+        self.keyword = target.cache_argument  # `cache` or `past_key_values` (target.cache_argument_name)
         self.use_graphs = bool(cuda_graphs) and target.device.type == "cuda"
         self.padded = bool(cuda_graphs)  # buckets without graphs on CPU: the same padding, eagerly
         if cuda_graphs and not self.use_graphs:

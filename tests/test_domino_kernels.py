@@ -1,8 +1,8 @@
 """Domino Triton kernels and fast rollouts (plugins/specforge_domino/kernels.py, fast.py).
 
 On CPU everything runs under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
-triton is imported). On a GPU machine run ``TRITON_INTERPRET=0 pytest tests/test_domino_kernels.py``
-to exercise the compiled kernels and the CUDA graph instead (the CPU cases then skip)."""
+triton is imported, only when CUDA is absent). On a GPU machine the same command compiles the kernels
+and runs the CUDA graph (the CPU-only cases then skip)."""
 
 from __future__ import annotations
 
