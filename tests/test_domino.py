@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from lawcheck import PROMPT, STEPS, TEMPERATURE, LyingDomino, law_domino, law_drafter, law_target, q_gaps, sample_law
 from safetensors.torch import save_file
 from tiny import tiny_target
 
@@ -83,23 +84,30 @@ def test_lossless_greedy(cls, seed):
 
 
 def test_lossless_sampling_distribution():
-    """T>0: Domino samples position by position and reports its q; the output law is the target's."""
-    from test_lossless_sampling import sample_law
-
-    vocab, steps = 4, 4
-    target = tiny_target(seed=5, vocab=vocab, hidden=32, init_range=0.6)
-    d = DFlashDrafter(DFlashOptions(config={"num_hidden_layers": 1, "target_layer_ids": [1], "mask_token_id": 3,
-                                            "initializer_range": 0.5}, init_seed=2), block_size=3)
-    d.bind(target)
-    c = DominoCorrector(DominoOptions(config={"gru_hidden_dim": 8, "emb_dim": 8, "pure_draft_prefix_len": 0}))
-    c.compatible_with(d)
-    c.bind(target)
-    with torch.no_grad():
-        c.head.embed_proj[2].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(3))
+    """T>0: Domino samples position by position and reports its q; the output law is the target's.
+    The head's correction is large (q far from the base q) so that reporting the base q fails:
+    see the test below."""
+    target = law_target()
+    d = law_drafter(target)
+    c = law_domino(target, d)
+    gaps = q_gaps(target, d, c)  # per block position
+    assert (gaps["base"] >= 0.1).all(), gaps  # the correction really moves q
+    assert (gaps["p"] >= 0.1).all(), gaps  # and q is not p
     gen = SpeculativeGenerator(target, d, ChainVerifier(), c)
-    pvalue, drafted, accepted = sample_law(gen, target, torch.tensor([[0, 1, 2, 3, 0, 1]]), steps, 0.9, 3000)
-    assert accepted > 0
+    pvalue, drafted, accepted = sample_law(gen, target, PROMPT, STEPS, TEMPERATURE, 3000)
+    assert 0 < accepted < drafted
     assert pvalue > 1e-3
+
+
+def test_sampling_law_rejects_a_corrector_reporting_the_base_q():
+    """Guard on the test above: the real rollout (same tokens) handing the verifier the base q
+    instead of its own is caught by the same check, with a sixth of its samples."""
+    target = law_target()
+    d = law_drafter(target)
+    gen = SpeculativeGenerator(target, d, ChainVerifier(), law_domino(target, d, cls=LyingDomino))
+    pvalue, _, accepted = sample_law(gen, target, PROMPT, STEPS, TEMPERATURE, 500)
+    assert accepted > 0
+    assert pvalue < 1e-6
 
 
 class AnchorEchoDrafter(Drafter):

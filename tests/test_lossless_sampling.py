@@ -6,39 +6,26 @@ Two levels, both with fixed seeds (deterministic):
     deterministic (one-hot) drafter, and with top-k / top-p warping;
   * end to end on a tiny target with vocab 4: the joint law of the first 4 generated tokens,
     enumerated exactly from the target, against many seeded spec-decoding runs with a draft
-    model whose q differs from p.
+    model whose q differs from p (tests/lawcheck.py); for the block drafters the test also
+    checks that q is far from p and that the same check rejects a deliberately wrong q.
 """
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
-from tiny import tiny_qwen3_config, tiny_target
+from lawcheck import (PROMPT, STEPS, TEMPERATURE, chi_square_pvalue, law_drafter, law_target, q_gaps, sample_law,
+                      tempered_q_drafter)
+from tiny import tiny_qwen3_config
 
 from specforge_core.interfaces import Candidates
 from specforge_core.registry import default_registry
 from specforge_core.sampling import Sampler, SamplingParams
 from specforge_core.scheduler import SpeculativeGenerator
 from specforge_dflare.plugin import DFlareDrafter
-from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
+from specforge_dflash.drafter import DFlashDrafter
 from specforge_draftmodel.drafter import DraftModelDrafter, DraftModelOptions
 from specforge_ngram.drafter import NgramDrafter, NgramOptions
-
-
-def chi_square_pvalue(counts: torch.Tensor, probs: torch.Tensor, min_expected: float = 5.0) -> float:
-    """Pearson chi-square goodness of fit; cells with small expectation are pooled."""
-    n = counts.sum()
-    expected = probs.double() * n
-    big = expected >= min_expected
-    obs = torch.cat([counts[big].double(), counts[~big].double().sum()[None]])
-    exp = torch.cat([expected[big], expected[~big].sum()[None]])
-    keep = exp > 0
-    obs, exp = obs[keep], exp[keep]
-    stat = ((obs - exp) ** 2 / exp).sum()
-    dof = obs.numel() - 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), stat / 2))
 
 
 def chain_verifier(rule: str = "residual"):
@@ -90,51 +77,37 @@ def test_chi_square_detects_a_biased_rule():
     assert chi_square_pvalue(torch.bincount(wrong, minlength=vocab), p) < 1e-6
 
 
-def exact_joint(target, prompt: torch.Tensor, steps: int, sampler: Sampler) -> torch.Tensor:
-    """P(x_1..x_steps) under the warped target, by enumerating every sequence: [V ** steps]."""
-    vocab = target.vocab_size
-    seqs = torch.tensor(list(itertools.product(range(vocab), repeat=steps)))  # [V^s, s]
-    ids = torch.cat([prompt.expand(len(seqs), -1), seqs], 1)
-    with torch.inference_mode():
-        logits = target.model(ids).logits[:, prompt.shape[1] - 1 : -1]  # [V^s, s, V]
-    p = sampler.probs(logits)
-    return p.gather(-1, seqs[..., None]).squeeze(-1).prod(-1)
-
-
-def sample_law(gen, target, prompt, steps: int, temperature: float, n_samples: int):
-    """Run ``n_samples`` seeded generations; return (chi-square p-value of the joint law of the
-    ``steps`` tokens against the exact target law, drafted tokens, accepted tokens)."""
-    vocab = target.vocab_size
-    p = exact_joint(target, prompt, steps, Sampler(SamplingParams(temperature=temperature)))
-    counts = torch.zeros(vocab ** steps, dtype=torch.long)
-    drafted = accepted = 0
-    for seed in range(n_samples):
-        out = gen.generate(prompt, steps, SamplingParams(temperature=temperature, seed=seed))
-        idx = 0
-        for t in out.tokens:
-            idx = idx * vocab + t
-        counts[idx] += 1
-        drafted += sum(c.num_drafted for c in out.cycles)
-        accepted += sum(c.num_accepted for c in out.cycles)
-    return chi_square_pvalue(counts, p), drafted, accepted
-
-
 @pytest.mark.parametrize("drafter_kind,rule", [("draft_model", "residual"), ("ngram", "residual"),
                                                ("dflash", "residual"), ("dflare", "residual"), ("dflash", "match")])
 def test_end_to_end_distribution(drafter_kind, rule):
-    vocab, steps, n_samples = 4, 4, 3000
-    target = tiny_target(seed=5, vocab=vocab, hidden=32, init_range=0.6)
+    n_samples = 3000
+    target = law_target()
     if drafter_kind == "draft_model":
-        drafter = DraftModelDrafter(DraftModelOptions(config=tiny_qwen3_config(vocab=vocab, hidden=32, init_range=0.6),
-                                                      init_seed=11), block_size=3)
+        drafter = DraftModelDrafter(DraftModelOptions(config=tiny_qwen3_config(vocab=target.vocab_size, hidden=32,
+                                                                               init_range=0.6), init_seed=11), block_size=3)
+        drafter.bind(target)
     elif drafter_kind in ("dflash", "dflare"):
-        cls = DFlareDrafter if drafter_kind == "dflare" else DFlashDrafter
-        drafter = cls(DFlashOptions(config={"num_hidden_layers": 1, "target_layer_ids": [1], "mask_token_id": 3,
-                                            "initializer_range": 0.5}, init_seed=2), block_size=3)
+        drafter = law_drafter(target, DFlareDrafter if drafter_kind == "dflare" else DFlashDrafter)
+        gaps = q_gaps(target, drafter)  # per block position
+        assert (gaps["p"] >= 0.1).all(), gaps  # q is far from p: the residual path matters
+        assert (gaps["sharp"] >= 0.1).all(), gaps  # q is spread out: a sharpened q is a different q
     else:
         drafter = NgramDrafter(NgramOptions(max_ngram=2, min_ngram=1), block_size=3)
-    drafter.bind(target)
+        drafter.bind(target)
     gen = SpeculativeGenerator(target, drafter, chain_verifier(rule))
-    pvalue, drafted, accepted = sample_law(gen, target, torch.tensor([[0, 1, 2, 3, 0, 1]]), steps, 0.9, n_samples)
+    pvalue, drafted, accepted = sample_law(gen, target, PROMPT, STEPS, TEMPERATURE, n_samples)
     assert 0 < accepted < drafted  # both the accept and the residual paths were exercised
     assert pvalue > 1e-3
+
+
+@pytest.mark.parametrize("drafter_kind", ["dflash", "dflare"])
+def test_end_to_end_law_rejects_a_wrong_q(drafter_kind):
+    """Guard on the test above: the same drafter sampling its tokens from q but reporting a
+    sharpened q (warped at half the temperature) to the verifier is caught by the same check,
+    with a sixth of its samples."""
+    target = law_target()
+    cls = DFlareDrafter if drafter_kind == "dflare" else DFlashDrafter
+    gen = SpeculativeGenerator(target, law_drafter(target, tempered_q_drafter(cls)), chain_verifier())
+    pvalue, _, accepted = sample_law(gen, target, PROMPT, STEPS, TEMPERATURE, 500)
+    assert accepted > 0
+    assert pvalue < 1e-6

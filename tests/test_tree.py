@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from lawcheck import PROMPT, STEPS, TEMPERATURE, BaseQTree, law_domino, law_drafter, law_target, q_gaps, sample_law
 from test_domino import a_block, block_drafter, domino
-from test_lossless_sampling import sample_law
 from tiny import tiny_qwen3_config, tiny_target
 
 from specforge_core.errors import IncompatibleError, RecipeError
 from specforge_core.recipe import load_recipe
 from specforge_core.sampling import Sampler, SamplingParams
 from specforge_core.scheduler import SpeculativeGenerator
-from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
-from specforge_domino.corrector import DominoCorrector, DominoOptions
 from specforge_draftmodel.drafter import DraftModelDrafter, DraftModelOptions
 from specforge_ngram.drafter import NgramDrafter, NgramOptions
 from specforge_verify.tree import TreeOptions, TreeVerifier
@@ -101,23 +99,31 @@ def test_tree_greedy_identical_to_ar(seed, kind):
 @pytest.mark.parametrize("scheme,with_domino", [("deterministic", False), ("deterministic", True),
                                                 ("sampled", False), ("sampled", True)])
 def test_tree_sampling_law(scheme, with_domino):
-    vocab, steps = 4, 4
-    target = tiny_target(seed=5, vocab=vocab, hidden=32, init_range=0.6)
-    d = DFlashDrafter(DFlashOptions(config={"num_hidden_layers": 1, "target_layer_ids": [1], "mask_token_id": 3,
-                                            "initializer_range": 0.5}, init_seed=2), block_size=3)
-    d.bind(target)
-    corr = None
+    target = law_target()
+    d = law_drafter(target)
+    corr = law_domino(target, d) if with_domino else None
+    gaps = q_gaps(target, d, corr)  # per block position; the tree's corrector scorer uses the same steps
+    assert (gaps["p"] >= 0.1).all(), gaps
     if with_domino:
-        corr = DominoCorrector(DominoOptions(config={"gru_hidden_dim": 8, "emb_dim": 8, "pure_draft_prefix_len": 0}))
-        corr.compatible_with(d)
-        corr.bind(target)
-        with torch.no_grad():
-            corr.head.embed_proj[2].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(3))
+        assert (gaps["base"] >= 0.1).all(), gaps  # children are drawn from a q far from the marginals
     v = TreeVerifier(TreeOptions(budget=6, topk=2, scheme=scheme, widths=[2, 2]))
     gen = SpeculativeGenerator(target, d, v, corr)
-    pvalue, drafted, accepted = sample_law(gen, target, torch.tensor([[0, 1, 2, 3, 0, 1]]), steps, 0.9, 2500)
+    pvalue, drafted, accepted = sample_law(gen, target, PROMPT, STEPS, TEMPERATURE, 2500)
     assert accepted > 0
     assert pvalue > 1e-3
+
+
+def test_tree_sampling_law_rejects_the_base_q():
+    """Guard on the sampled-scheme Domino case above: children drawn from the corrector's q but
+    accepted against the block's base q are caught by the same check, with a fifth of its
+    samples. (The deterministic scheme's walk does not read q: any tree is exact there.)"""
+    target = law_target()
+    d = law_drafter(target)
+    v = BaseQTree(TreeOptions(budget=6, topk=2, scheme="sampled", widths=[2, 2]))
+    gen = SpeculativeGenerator(target, d, v, law_domino(target, d))
+    pvalue, _, accepted = sample_law(gen, target, PROMPT, STEPS, TEMPERATURE, 500)
+    assert accepted > 0
+    assert pvalue < 1e-6
 
 
 def test_cost_aware_budget(tmp_path, monkeypatch):
