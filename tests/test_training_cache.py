@@ -1,9 +1,12 @@
 """The training caches are keyed by content: a prompt file that grows by appending reuses the
-regenerated responses of its earlier full shards and the features of every earlier sequence.
-And a fresh DFlash drafter can start from the target's own decoder layers."""
+regenerated responses of its earlier full shards and the features of every earlier sequence;
+another target (weights, GGUF file, tokenizer) or generation setting misses them. An over-long
+chat prompt is cut in the middle, keeping its assistant header. And a fresh DFlash drafter can
+start from the target's own decoder layers."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -25,9 +28,7 @@ def target():
 
 def test_grown_prompt_file_reuses_cached_shards_and_features(target, tmp_path, monkeypatch):
     cfg = data.RegenConfig(max_new_tokens=6, max_length=64, chat_template=False)
-    generated = []  # prompts the target actually generated for (the real function, counted)
-    real = data._generate_batch
-    monkeypatch.setattr(data, "_generate_batch", lambda t, batch, c, stop: generated.extend(batch) or real(t, batch, c, stop))
+    generated = _counting_generations(monkeypatch)
     first = [f"prompt number {i}" for i in range(5)]
     grown = first + [f"another prompt {i}" for i in range(3)]
 
@@ -77,3 +78,75 @@ def test_drafter_layers_can_start_from_the_target_layers(target):
         _fresh_drafter(target, "[7]")
     with pytest.raises(RecipeError, match="2 ids for 1 draft layers"):
         _fresh_drafter(target, "[0,1]")
+
+
+def _counting_generations(monkeypatch) -> list:
+    generated = []  # prompts the target actually generated for (the real function, counted)
+    real = data._generate_batch
+    monkeypatch.setattr(data, "_generate_batch", lambda t, batch, c, stop: generated.extend(batch) or real(t, batch, c, stop))
+    return generated
+
+
+def test_changed_target_weights_gguf_or_tokenizer_miss_the_regeneration_cache(tmp_path, monkeypatch):
+    from specforge_core.training.fingerprint import target_identity
+
+    r = load_recipe(RECIPE)
+    target = load_target(r.cfg.target)  # its own copy: its weights are changed below
+    cfg = data.RegenConfig(max_new_tokens=4, max_length=64, chat_template=False)
+    prompts = ["first prompt", "second prompt", "third prompt"]
+    generated = _counting_generations(monkeypatch)
+    identity = target_identity(target, r.cfg.target)
+    data.regenerate(target, prompts, cfg, tmp_path, identity, progress=False)
+    assert len(generated) == 3
+    data.regenerate(target, prompts, cfg, tmp_path, target_identity(target, r.cfg.target), progress=False)
+    assert len(generated) == 3  # same weights, same settings: cached
+
+    with torch.no_grad():  # one weight of the target changes a little, its name does not
+        next(target.model.parameters()).view(-1)[0] += 1e-3
+    changed = target_identity(target, r.cfg.target)
+    assert changed != identity
+    data.regenerate(target, prompts, cfg, tmp_path, changed, progress=False)
+    assert len(generated) == 6  # regenerated, not served the other weights' answers
+    with torch.no_grad():
+        next(target.model.parameters()).view(-1)[0] -= 1e-3
+    assert target_identity(target, r.cfg.target) == identity
+
+    other_file = load_recipe(RECIPE, ["target.gguf_file=other.gguf"]).cfg.target
+    assert target_identity(target, other_file) != identity
+    target.tokenizer = _chat_tokenizer()
+    assert target_identity(target, r.cfg.target) != identity
+    data.regenerate(target, prompts, dataclasses.replace(cfg, max_new_tokens=5), tmp_path, identity, progress=False)
+    assert len(generated) == 9  # another generation setting: regenerated too
+
+
+def _chat_tokenizer():
+    """The byte tokenizer with a ChatML chat template (a fresh copy: the shared one stays plain)."""
+    from specforge_core.byte_tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer.__wrapped__()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    return tok
+
+
+def test_over_long_chat_prompt_is_cut_in_the_middle_and_keeps_its_assistant_header(tmp_path, monkeypatch, capsys):
+    from specforge_core.prompts import encode_prompt
+    from specforge_core.target import TargetModel
+    from tiny import tiny_model
+
+    tok = _chat_tokenizer()
+    target = TargetModel(tiny_model(vocab=320), tok)
+    cfg = data.RegenConfig(max_new_tokens=4, max_length=64, chat_template=True)
+    long, short = "tell me about " + "many things " * 20, "hi"
+    full = encode_prompt(tok, long, True)
+    assert len(full) > 100
+    seqs = data.regenerate(target, [long, short], cfg, tmp_path, "tiny-chat", progress=False)
+    prompt = seqs[0].input_ids[seqs[0].loss_mask == 0].tolist()
+    assert prompt == full[:31] + full[-32:]  # 63 = max_length - 1 tokens: head and tail kept
+    assert tok.decode(prompt).startswith("<|im_start|>user\ntell me")
+    assert tok.decode(prompt).endswith("\n<|im_start|>assistant\n")  # the assistant header
+    assert seqs[0].loss_mask.sum() >= 1  # a response follows the header
+    assert seqs[1].input_ids[seqs[1].loss_mask == 0].tolist() == encode_prompt(tok, short, True)  # untouched
+    assert "regeneration: 1 of 2 prompts cut in the middle to 63 tokens" in capsys.readouterr().out
+    assert data.fit_prompt([1, 2, 3, 4, 5], 3) == ([1, 4, 5], True)
+    assert data.fit_prompt([1, 2, 3], 3) == ([1, 2, 3], False)

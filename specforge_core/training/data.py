@@ -3,10 +3,13 @@
 As in the DFlash / Domino papers, the drafter learns the *target's* distribution, so the
 responses are produced by the target itself (greedy by default) rather than taken from the
 dataset. The chat template is applied with thinking disabled where the tokenizer supports
-it; the loss mask covers the assistant tokens only. The result is cached as one safetensors
-file (ids, masks, offsets - never pickle) keyed by everything that shapes it, so a second
-run skips regeneration. Regeneration itself is resumable: finished shards are cached as it
-goes, and reused when the prompt file grows by appending.
+it; the loss mask covers the assistant tokens only. A prompt longer than ``max_length - 1``
+tokens is cut in the middle (``fit_prompt``), so a chat-templated prompt keeps its assistant
+header. The result is cached as one safetensors file (ids, masks, offsets - never pickle)
+keyed by everything that shapes it (the prompts, the target's identity - its weights, GGUF
+file and tokenizer, ``fingerprint.py`` - and the generation settings), so a second run skips
+regeneration. Regeneration itself is resumable: finished shards are cached as it goes, and
+reused when the prompt file grows by appending.
 """
 
 from __future__ import annotations
@@ -84,13 +87,30 @@ class RegenConfig:
     batch_size: int = 1  # prompts generated together (left-padded); 1 = exactly the target's own greedy output
 
 
+# how prompts become token ids (part of every cache key): 2 = an over-long prompt is cut in the
+# middle (``fit_prompt``); 1 (before) cut it from the right, losing the assistant header
+PROMPT_FORMAT = 2
+
+
 def cache_key(target_id: str, prompts: list[str], cfg: RegenConfig) -> str:
+    """``target_id``: the target's identity (``fingerprint.target_identity``: name, GGUF file,
+    weights hash, tokenizer), so another model under the same name misses the cache."""
     h = hashlib.sha256()
-    h.update(json.dumps([target_id, cfg.__dict__], sort_keys=True, default=str).encode())
+    h.update(json.dumps([target_id, cfg.__dict__, PROMPT_FORMAT], sort_keys=True, default=str).encode())
     for p in prompts:
         h.update(p.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def fit_prompt(ids: list[int], budget: int) -> "tuple[list[int], bool]":
+    """Prompt ids cut to ``budget`` tokens by dropping the middle: the head (system prompt, start
+    of the question) and the tail (end of the question and, with a chat template, the assistant
+    header the response must follow) are kept. Returns (ids, whether it was cut)."""
+    if len(ids) <= budget:
+        return ids, False
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head):], True
 
 
 def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, target_id: str,
@@ -113,6 +133,8 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
 
         bar = tqdm(total=len(prompts), desc="regenerating responses with the target", unit="prompt")
     sequences: list[TokenizedSequence] = []
+    budget = max(1, cfg.max_length - 1)  # prompt tokens: at least one response token must fit
+    cut = encoded = 0
     for start in range(0, len(prompts), shard_size):
         shard_prompts = prompts[start:start + shard_size]
         shard = shard_dir / f"{cache_key(target_id, [f'offset {start}'] + shard_prompts, cfg)}.safetensors"
@@ -121,8 +143,12 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
             if bar is not None:
                 bar.update(len(part))
         else:
-            chunk = [encode_prompt(target.tokenizer, p, cfg.chat_template, cfg.system_prompt)[: cfg.max_length - 1]
-                     for p in shard_prompts]
+            chunk = []
+            for p in shard_prompts:
+                ids, was_cut = fit_prompt(encode_prompt(target.tokenizer, p, cfg.chat_template, cfg.system_prompt), budget)
+                chunk.append(ids)
+                cut += was_cut
+            encoded += len(chunk)
             part = []
             for j in range(0, len(chunk), cfg.batch_size):
                 torch.manual_seed(cfg.seed + start + j)
@@ -137,6 +163,10 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
         sequences.extend(part)
     if bar is not None:
         bar.close()
+    if cut:
+        print(f"regeneration: {cut} of {encoded} prompts cut in the middle to {budget} tokens "
+              f"(data.max_length {cfg.max_length} - 1; head and tail kept, so the assistant header survives)",
+              flush=True)
     save_sequences(final, sequences)
     return sequences
 

@@ -3,9 +3,19 @@
 * ``weighted_ce``: cross-entropy weighted per position (position decay x validity) and
   normalised by the weight sum, as in DFlash / DFlare / Domino training.
 * ``corrector_loss``: the base-anchored curriculum of the Domino paper (section 4.2),
-  ``L = (1 - lambda_t) L_final + lambda_t L_base`` with lambda_t decaying linearly from
+  ``L = (1 - lambda_t) L_final + lambda_t L_anchor`` with lambda_t decaying linearly from
   ``lambda_start`` to 0 over the first ``decay_ratio`` of training; the corrector is trained
   with teacher forcing (ground-truth prefix tokens), on blocks drafted by a parallel drafter.
+
+  ``L_anchor`` is the paper's ``L_base = CE(L^base)`` when the drafter trains too (it is the
+  backbone's gradient, as in SpecForge's ``OnlineDominoModel``, the paper's training code).
+  With a frozen drafter (``training.component=corrector``) that term has no gradient at all,
+  and ``lambda_t`` would only scale the gradient of ``L_final`` by ``1 - lambda_t`` - which
+  AdamW normalises away. There the anchor is put on the corrector's output instead:
+  ``L_anchor = KL(p_base || p_final)``, so the corrected distribution starts held to the
+  backbone's and is released as ``lambda_t`` decays. Its gradient in the final logits is
+  ``p_final - ((1 - lambda_t) onehot(y) + lambda_t p_base)``: cross-entropy against a target
+  that moves linearly from the backbone's distribution to the label.
 """
 
 from __future__ import annotations
@@ -43,17 +53,34 @@ def curriculum_lambda(progress: float, start: float = 1.0, decay_ratio: float = 
     return float(min(1.0, max(0.0, start * (1.0 - progress / decay_ratio))))
 
 
-def corrector_loss(drafter, corrector, batch: dict, lambda_base: float) -> Dict[str, Tensor]:
+def weighted_kl(teacher_logits: Tensor, student_logits: Tensor, weights: Tensor) -> Tensor:
+    """KL(p_teacher || p_student) per position [n, k], weighted and normalised like
+    ``weighted_ce``; no gradient into the teacher."""
+    log_p = F.log_softmax(teacher_logits.detach().float(), -1)  # [n, k, V]
+    log_q = F.log_softmax(student_logits.float(), -1)  # [n, k, V]
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [n, k]
+    return (kl * weights).sum() / weights.sum().clamp_min(1e-6)
+
+
+def corrector_loss(drafter, corrector, batch: dict, lambda_base: float, frozen_drafter: bool = False) -> Dict[str, Tensor]:
+    """Domino paper section 4.2: teacher-forced corrector + base-anchored curriculum. With
+    ``frozen_drafter`` the anchor is KL(p_base || p_final) (see the module docstring)."""
     from ..interfaces import DraftBlock
 
     blocks = drafter.training_blocks(batch)  # hidden [n, k, H], labels / weights [n, k], anchor [n]
     base = drafter.project_logits(blocks["hidden"])  # [n, k, V]
     block = DraftBlock(hidden=blocks["hidden"], base_logits=base, anchor=blocks["anchor"])
-    final = corrector.training_forward(block, blocks["labels"])  # teacher forcing
+    final = corrector.training_forward(block, blocks["labels"])  # teacher forcing, [n, k, V]
     labels, weights = blocks["labels"], blocks["weights"]
     l_final = weighted_ce(final, labels, weights)
     l_base = weighted_ce(base, labels, weights)
-    loss = (1.0 - lambda_base) * l_final + lambda_base * l_base
-    return {"loss": loss, "loss_final": l_final.detach(), "loss_base": l_base.detach(),
+    extra = {}
+    if frozen_drafter:  # L_base has no gradient here: anchor the corrected distribution to the base one
+        l_anchor = weighted_kl(base, final, weights)
+        extra["loss_anchor"] = l_anchor.detach()
+    else:  # the paper's L_base: keeps the trained backbone's own logits strong
+        l_anchor = l_base
+    loss = (1.0 - lambda_base) * l_final + lambda_base * l_anchor
+    return {"loss": loss, "loss_final": l_final.detach(), "loss_base": l_base.detach(), **extra,
             "lambda_base": torch.tensor(lambda_base), **block_metrics(final, labels, weights),
             **block_metrics(base, labels, weights, prefix="base_")}

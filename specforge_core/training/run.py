@@ -14,6 +14,7 @@ from ..sampling import SamplingParams
 from ..scheduler import SpeculativeGenerator
 from .losses import corrector_loss, curriculum_lambda
 from .data import RegenConfig, cache_features, cache_key, collate, load_features, read_prompts, regenerate
+from .fingerprint import target_identity
 from .trainer import Trainer, TrainerConfig, init_distributed, world
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,7 +76,7 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
                         system_prompt=cfg.generation.system_prompt, seed=tr.seed,
                         batch_size=tr.data.regen_batch_size)
     cache_dir = Path(tr.data.cache_dir) if tr.data.cache_dir else out / "data"
-    target_id = cfg.target.model or f"config:{dict(cfg.target.config)}:seed{cfg.target.init_seed}"
+    target_id = target_identity(target, cfg.target)  # name, GGUF file, weights hash, tokenizer
     if rank == 0:
         sequences = regenerate(target, prompts, regen, cache_dir, target_id, progress=progress)
     if world_size > 1:
@@ -107,7 +108,7 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
         if tr.component == "drafter":
             return drafter.training_loss(batch)
         lam = curriculum_lambda(trainer.step / trainer.total_steps, tr.lambda_base_start, tr.lambda_base_decay_ratio)
-        return corrector_loss(drafter, corrector, batch, lam)
+        return corrector_loss(drafter, corrector, batch, lam, frozen_drafter=tr.component == "corrector")
 
     def save_model(directory: Path, dtype=torch.float32) -> None:
         if corrector is None:
@@ -122,12 +123,14 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
             corrector.load_weights(directory)
 
     evaluate = make_evaluator(resolved, target, drafter, corrector) if rank == 0 or world_size == 1 else None
+    curriculum = {} if tr.component == "drafter" else {  # lambda_t is a schedule over the steps too
+        "training.lambda_base_start": tr.lambda_base_start, "training.lambda_base_decay_ratio": tr.lambda_base_decay_ratio}
     trainer = Trainer(
         TrainerConfig(output_dir=str(out), lr=tr.lr, weight_decay=tr.weight_decay, warmup_ratio=tr.warmup_ratio,
                       max_grad_norm=tr.max_grad_norm, epochs=tr.epochs, max_steps=tr.max_steps,
                       batch_size=tr.batch_size, grad_accum=tr.grad_accum, save_every=tr.save_every,
                       keep_last=tr.keep_last, eval_every=tr.eval_every, seed=tr.seed, progress=progress,
-                      parallelism=tr.parallelism),
+                      parallelism=tr.parallelism, schedule_extra=curriculum),
         module, len(sequences), make_batch, loss_fn,
         save_model=save_model, load_model=load_model, evaluate=evaluate, device=target.device,
     )

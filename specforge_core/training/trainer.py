@@ -8,7 +8,9 @@
 * Checkpoints ``output_dir/checkpoints/step-XXXXXXXX/`` are written atomically (a temporary
   directory renamed into place): the model in its published layout, the optimizer state
   (safetensors), and ``trainer_state.json`` (step, scheduler, RNG, data position). The latest
-  complete one is picked up automatically on the next run.
+  complete one is picked up automatically on the next run. Resuming truncates ``metrics.jsonl``
+  to the checkpoint's step (the killed run logged steps the resumed one does again), and is
+  refused when the schedule changed (``schedule()``: total steps, warmup, lr, ...).
 * ``torchrun --nproc_per_node=N``: each rank takes its share of every global batch.
   ``parallelism="ddp"``: every rank holds all weights and gradients are averaged with
   ``all_reduce`` before each optimizer step (hand-written: DDP's bucketing buys nothing at
@@ -28,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -58,6 +60,9 @@ class TrainerConfig:
     seed: int = 0
     progress: bool = True
     parallelism: str = "ddp"  # ddp | fsdp (only matters with more than one process)
+    # recipe values a schedule over the steps depends on beyond the trainer's own (e.g. the
+    # corrector curriculum), by recipe key: saved in each checkpoint, checked on resume
+    schedule_extra: dict = field(default_factory=dict)
 
 
 def world() -> tuple[int, int]:
@@ -104,6 +109,7 @@ class Trainer:
         self.global_batch = cfg.batch_size * cfg.grad_accum * self.world
         self.steps_per_epoch = max(1, math.ceil(num_examples / self.global_batch))
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.warmup_steps = int(cfg.warmup_ratio * self.total_steps)
         self.loss_module = _LossModule(module, loss_fn)
         self.fsdp = cfg.parallelism == "fsdp" and self.world > 1
         # optimizer-state files number the parameters in this order, whatever the parallelism
@@ -134,7 +140,7 @@ class Trainer:
         self.params = [p for p in self.loss_module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.scheduler = get_cosine_schedule_with_warmup(
-            self.optimizer, int(self.cfg.warmup_ratio * self.total_steps), self.total_steps)
+            self.optimizer, self.warmup_steps, self.total_steps)
 
     def _shard(self) -> None:
         """FSDP2 with the whole trainable module as one unit: weights, gradients and AdamW state
@@ -187,6 +193,8 @@ class Trainer:
         self._setup_optimizer()
         if ckpt is not None:
             self._resume_optimizer(ckpt, state)
+        if self.rank == 0:
+            self._truncate_metrics()
         bar = None
         if self.cfg.progress and self.rank == 0:
             from tqdm import tqdm
@@ -253,6 +261,31 @@ class Trainer:
         import gc
 
         gc.collect()
+
+    def _truncate_metrics(self) -> None:
+        """Keep the ``metrics.jsonl`` rows up to ``self.step`` (the checkpoint resumed from, 0 on
+        a fresh start): a killed run logged the steps after its last checkpoint, which this run
+        does again. Rewritten atomically (a temporary file renamed into place); a line torn by
+        the kill is dropped too."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) <= self.step:
+                keep.append(line)
+        if len(keep) == len(lines):
+            return
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, path)
+        print(f"{path}: dropped {len(lines) - len(keep)} rows logged after step {self.step} "
+              "(the interrupted run's steps past its last checkpoint)", flush=True)
 
     def log(self, row: dict) -> None:
         if self.rank == 0:
@@ -322,8 +355,19 @@ class Trainer:
             "python_rng": _jsonable(random.getstate()), "world_size": self.world,
             "parallelism": "fsdp" if self.fsdp else "ddp",
             "rank_param_checksums": self.checksums, "rank_param_numel": self.held,
+            "schedule": self.schedule(),
         }
         (d / "trainer_state.json").write_text(json.dumps(state, default=_json_default))
+
+    def schedule(self) -> dict:
+        """What the learning-rate schedule (and a curriculum over the steps) depends on, by recipe
+        key. The scheduler's state in a checkpoint holds only its position and the optimizer's
+        param groups their lr, so resuming under other values would silently change (or ignore)
+        them for the rest of the run: ``_resume_model`` refuses it."""
+        return {"total steps (training.max_steps / epochs)": self.total_steps,
+                "warmup steps (training.warmup_ratio)": self.warmup_steps,
+                "training.lr": self.cfg.lr, "training.weight_decay": self.cfg.weight_decay,
+                **self.cfg.schedule_extra}
 
     def latest_checkpoint(self) -> Optional[Path]:
         done = [p for p in self.ckpt_root.glob("step-*") if (p / "trainer_state.json").is_file()]
@@ -331,12 +375,18 @@ class Trainer:
 
     def _resume_model(self, ckpt: Path) -> dict:
         """Load the weights (before any sharding) and return the checkpoint's trainer state."""
+        from ..errors import InputError, RecipeError
+
         state = json.loads((ckpt / "trainer_state.json").read_text())
         if state["steps_per_epoch"] != self.steps_per_epoch:
-            from ..errors import InputError
-
             raise InputError(f"{ckpt}: written with {state['steps_per_epoch']} steps per epoch, this run has "
                              f"{self.steps_per_epoch} (data, batch size or world size changed); use a new output_dir")
+        saved = state.get("schedule") or {"total steps (training.max_steps / epochs)": state["total_steps"]}
+        changed = [f"{k} {saved[k]} -> {v}" for k, v in self.schedule().items() if k in saved and saved[k] != v]
+        if changed:
+            raise RecipeError(f"{ckpt}: cannot resume, the schedule changed since this checkpoint ({'; '.join(changed)}); "
+                              "rerun with the checkpoint's values, or start a new output_dir from its weights "
+                              f"(drafter.checkpoint={ckpt / 'model'})")
         self.load_model(ckpt / "model")
         return state
 
