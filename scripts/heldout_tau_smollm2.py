@@ -1,0 +1,48 @@
+"""Held-out tau of a SmolLM2 DFlash drafter (no Domino head) on the first MT-Bench questions,
+chain verifier, T=0 - the measure scripts/ablations_smollm2.sh compares drafters by. The
+drafter's layers and target features come from its checkpoint's config.json. Nothing is timed.
+
+    python scripts/heldout_tau_smollm2.py                                    # the shipped drafter, k=3
+    python scripts/heldout_tau_smollm2.py --checkpoint runs/ablation_gamma2/final --k full --label gamma2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from diagnostics_common import ROOT, acceptance, record
+
+from specforge_core.build import build_pipeline, load_prompts
+from specforge_core.recipe import load_recipe
+
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints" / "smollm2-dflash-domino"))
+    ap.add_argument("--k", default="3", help="drafts verified per block: a number, or 'full' (all 7)")
+    ap.add_argument("--prompts", type=int, default=6, help="first N MT-Bench questions (default 6, as docs/results.md)")
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--label", default="shipped", help="recorded as heldout_tau_<label>_k<k>")
+    args = ap.parse_args()
+    k = "null" if args.k == "full" else str(int(args.k))
+    t0 = time.time()
+    r = load_recipe(str(RECIPE), [f"drafter.checkpoint={args.checkpoint}", "corrector.name=none",
+                                  f"drafter.num_speculative_tokens={k}", f"prompts.limit={args.prompts}"])
+    pipe = build_pipeline(r)
+    texts = [p.text for p in load_prompts(r)]
+    res = acceptance(pipe, texts, args.max_new_tokens)
+    runtime = round(time.time() - t0)
+    print(f"{args.label} (k={args.k}, {len(texts)} MT-Bench prompts, {args.max_new_tokens} tokens): tau {res['tau']:.4f}, "
+          f"accepted at position 1..3: {', '.join(f'{x:.3f}' for x in res['accept_per_position'][:3])}; runtime {runtime} s")
+    ckpt = Path(args.checkpoint).resolve()
+    shown = str(ckpt.relative_to(ROOT)) if ckpt.is_relative_to(ROOT) else args.checkpoint
+    record(f"heldout_tau_{args.label}_k{args.k}", {"checkpoint": shown, "k": args.k, "prompts": len(texts),
+                                                  "max_new_tokens": args.max_new_tokens, **res, "runtime_s": runtime})
+
+
+if __name__ == "__main__":
+    main()
