@@ -13,7 +13,7 @@ import torch
 from .errors import IncompatibleError, InputError, ModelLoadError, RecipeError
 from .hub import require_hub_or_cache
 from .prompts import encode_prompt, prompt_text, read_jsonl
-from .recipe import ResolvedRecipe, resolve_path
+from .recipe import DEFAULT_BLOCK_SIZE, ResolvedRecipe, resolve_path
 from .sampling import SamplingParams
 from .scheduler import SpeculativeGenerator
 from .target import TargetModel, default_adapter
@@ -256,8 +256,10 @@ class Pipeline:
 def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
     cfg = resolved.cfg
     # components first: their constructors validate cheaply, before the target loads
-    drafter = resolved.drafter_cls(resolved.drafter_options, block_size=int(cfg.drafter.block_size),
-                                   checkpoint=_ckpt(cfg.drafter.checkpoint, resolved))
+    checkpoint = _ckpt(cfg.drafter.checkpoint, resolved)
+    block_size, source = drafter_block_size(cfg.drafter.block_size, resolved.drafter_cls, checkpoint)
+    print(f"specforge: drafter block_size {block_size} {source}", file=sys.stderr, flush=True)
+    drafter = resolved.drafter_cls(resolved.drafter_options, block_size=block_size, checkpoint=checkpoint)
     corrector = None
     if resolved.corrector_cls is not None:
         corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=_ckpt(cfg.corrector.checkpoint, resolved))
@@ -270,6 +272,22 @@ def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
             comp.bind(target)  # loads weights, borrows embeddings, checks shapes
     return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector,
                                                            cfg.drafter.num_speculative_tokens))
+
+
+def drafter_block_size(recipe_value: Optional[int], drafter_cls: type, checkpoint: Optional[str]) -> "tuple[int, str]":
+    """The block size a drafter runs at and where it comes from: the recipe's
+    ``drafter.block_size`` when it sets one, else what the checkpoint records (drafters whose
+    checkpoints record one define ``checkpoint_block_size(checkpoint) -> int | None``: DFlash,
+    DFlare), else ``DEFAULT_BLOCK_SIZE``. Returns ``(block_size, "from checkpoint" | "from
+    recipe[, checkpoint says N]" | "(default)")``."""
+    read = getattr(drafter_cls, "checkpoint_block_size", None)
+    recorded = read(checkpoint) if checkpoint is not None and read is not None else None
+    if recipe_value is not None:
+        differs = recorded is not None and recorded != int(recipe_value)
+        return int(recipe_value), "from recipe" + (f", checkpoint says {recorded}" if differs else "")
+    if recorded is not None:
+        return recorded, "from checkpoint"
+    return DEFAULT_BLOCK_SIZE, "(default)"
 
 
 def _ckpt(p: Optional[str], resolved: ResolvedRecipe) -> Optional[str]:

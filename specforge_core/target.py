@@ -9,16 +9,20 @@ and does the three things the scheduler needs:
 * ``keep(rows)``           - keep only the accepted rows of that forward in the cache
                              (crop for a chain prefix, compaction for a tree path).
 
-Context features (the hidden states a drafter asks for) are the outputs of decoder layers -
-``hidden_states[l + 1]`` in transformers' numbering (for the very last layer transformers
-reports the state after the final norm; we give the layer's own output). They are captured
-with forward hooks on
-exactly the requested decoder layers, in the same forward that verifies - not via
+Context features (the hidden states a drafter asks for) are ``hidden_states[l + 1]`` of
+transformers' ``output_hidden_states``, as the reference DFlash / Domino code takes them: the
+output of decoder layer ``l``, except for the very last layer, where transformers reports the
+state *after the final norm* (so a published checkpoint that lists the last layer drafts as it
+was trained). They are captured with forward hooks on exactly the requested decoder layers
+(the final norm for the last one), in the same forward that verifies - not via
 ``output_hidden_states=True``, which would materialise every layer.
+
+The KV cache is passed by the keyword the model's ``forward`` takes (``cache_argument_name``).
 """
 
 from __future__ import annotations
 
+import inspect
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -46,6 +50,8 @@ class TargetAdapter:
     hidden_size: int
     vocab_size: int
     context_length: int  # max positions the target supports
+    # applied to the last layer's output: transformers' hidden_states[-1] is its output
+    final_norm: Optional[nn.Module] = None
 
 
 def default_adapter(model: nn.Module) -> TargetAdapter:
@@ -66,7 +72,21 @@ def default_adapter(model: nn.Module) -> TargetAdapter:
         hidden_size=int(text_cfg.hidden_size),
         vocab_size=int(text_cfg.vocab_size),
         context_length=int(getattr(text_cfg, "max_position_embeddings", 1 << 30)),
+        final_norm=getattr(inner, "norm", None),
     )
+
+
+def cache_argument_name(model: nn.Module) -> str:
+    """The keyword ``model.forward`` takes its KV cache by. transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name is deprecated and removed in 5.40); older
+    releases and remote-code models know only ``past_key_values``. Giving those ``cache=``
+    would not fail: it would vanish into ``**kwargs`` and the model would run without a cache."""
+    params = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise IncompatibleError(f"{type(model).__name__}.forward takes neither `cache` nor `past_key_values`: "
+                            "SpecForge needs a model that runs with a KV cache")
 
 
 class TargetModel:
@@ -74,6 +94,7 @@ class TargetModel:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.adapter = adapter or default_adapter(model)
+        self.cache_argument = cache_argument_name(model)
         self.cache: Optional[DynamicCache] = None
         self._capture_layers: tuple[int, ...] = ()
         self._captured: dict[int, Tensor] = {}
@@ -125,7 +146,20 @@ class TargetModel:
         self._hooks = []
         self._capture_layers = layers
         for l in sorted(set(layers)):
-            self._hooks.append(self.adapter.layers[l].register_forward_hook(self._make_hook(l)))
+            self._hooks.append(self._feature_module(l).register_forward_hook(self._make_hook(l)))
+
+    def _feature_module(self, layer: int) -> nn.Module:
+        """The module whose output is ``hidden_states[layer + 1]``: the decoder layer, or for
+        the last layer the final norm (reference DFlash ``extract_context_feature`` indexes
+        transformers' ``hidden_states``, whose last entry is post-norm)."""
+        if layer < self.num_layers - 1:
+            return self.adapter.layers[layer]
+        if self.adapter.final_norm is None:
+            raise IncompatibleError(
+                f"context layer {layer} is the target's last: its feature is the state after the final norm "
+                "(transformers' hidden_states[-1]), and the target adapter names no `final_norm`"
+            )
+        return self.adapter.final_norm
 
     def _make_hook(self, layer: int):
         def hook(module, inputs, output):
@@ -141,6 +175,10 @@ class TargetModel:
         return feats
 
     # ---- forward passes ---------------------------------------------------------------
+    def cache_kwargs(self) -> dict:
+        """``{keyword: self.cache}`` for a cached forward of ``self.model`` (``cache_argument_name``)."""
+        return {self.cache_argument: self.cache}
+
     def use_static_cache(self, cuda_graphs: bool = False) -> None:
         """Fixed KV buffers (``target.static_cache``) and, on CUDA, the verify forward replayed
         from CUDA graphs per bucketed row count (``target.cuda_graphs``); see static_verify.py."""
@@ -170,7 +208,7 @@ class TargetModel:
         self.reset()
         if self.static is not None:
             return self.static.prefill(input_ids)
-        out = self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **self.cache_kwargs())
         return out.logits[:, -1].float(), self._features()
 
     @torch.inference_mode()
@@ -191,7 +229,7 @@ class TargetModel:
             kwargs["attention_mask"] = mask[None, None].expand(ids.shape[0], 1, -1, -1)
         with self.verify_kernels():
             out = self.model(
-                input_ids=ids, position_ids=positions, past_key_values=self.cache, use_cache=True, **kwargs
+                input_ids=ids, position_ids=positions, use_cache=True, **self.cache_kwargs(), **kwargs
             )
         self._last_fed = ids.shape[1]
         return out.logits.float(), self._features()

@@ -80,3 +80,68 @@ def test_model_without_decoder_layers_needs_an_adapter():
 
     with pytest.raises(IncompatibleError, match="specforge_target_adapter"):
         TargetModel(Odd())
+
+
+def test_features_are_output_hidden_states_including_the_post_norm_last_layer():
+    """Features of layer l = transformers' hidden_states[l + 1] for the first, a middle and the
+    last layer (there: after the final norm, as the reference DFlash code takes it), in the
+    prefill, in a verify forward and in the training capture."""
+    t = tiny_target(seed=4, layers=4)
+    with torch.no_grad():  # a final norm that is not the identity
+        t.model.model.norm.weight.copy_(0.5 + torch.rand(64))
+    t.capture([0, 2, 3])
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
+    raw = []  # the last decoder layer's own output, for contrast
+    hook = t.model.model.layers[3].register_forward_hook(lambda m, i, o: raw.append(o[0] if isinstance(o, tuple) else o))
+    ref = t.model(ids, output_hidden_states=True).hidden_states
+    hook.remove()
+    assert not torch.allclose(raw[0], ref[4], atol=1e-3)  # hidden_states[-1] is post-norm ...
+    torch.testing.assert_close(t.model.model.norm(raw[0]), ref[4])  # ... of the last layer's output
+    expected = torch.cat([ref[1], ref[3], ref[4]], -1)  # [1, 6, 3 * 64]
+    _, prefill_feats = t.prefill(ids[:, :4])
+    _, verify_feats = t.verify(ids[:, 4], chain(ids[:, 5:]))
+    torch.testing.assert_close(torch.cat([prefill_feats, verify_feats], 1), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(t.hidden_features(ids), expected)
+
+
+def test_last_layer_feature_needs_a_final_norm_in_the_adapter():
+    from specforge_core.target import default_adapter
+
+    model = tiny_target(seed=0, layers=2).model
+    adapter = default_adapter(model)
+    assert adapter.final_norm is model.model.norm
+    adapter.final_norm = None
+    t = TargetModel(model, adapter=adapter)
+    t.capture([0])
+    with pytest.raises(IncompatibleError, match="final norm"):
+        t.capture([1])
+
+
+def test_cache_goes_by_the_keyword_the_forward_takes():
+    """transformers >= 5.24 takes `cache` (`past_key_values` is deprecated, removed in 5.40);
+    older models only `past_key_values` - never a keyword that **kwargs would swallow."""
+    import inspect
+    import warnings
+
+    from specforge_core.target import cache_argument_name
+
+    t = tiny_target(seed=0)
+    expected = "cache" if "cache" in inspect.signature(t.model.forward).parameters else "past_key_values"
+    assert t.cache_argument == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # transformers' deprecation notice
+        t.prefill(torch.tensor([[1, 2, 3]]))
+        t.verify(torch.tensor([4]), chain(torch.tensor([[5, 6]])))
+    assert t.cache_len == 6  # the forwards ran with the cache
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None, use_cache=None, **kwargs):
+            return input_ids
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids, **kwargs):
+            return input_ids
+
+    assert cache_argument_name(OldStyle()) == "past_key_values"
+    with pytest.raises(IncompatibleError, match="neither `cache` nor `past_key_values`"):
+        cache_argument_name(NoCache())

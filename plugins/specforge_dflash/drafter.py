@@ -23,7 +23,7 @@ from specforge_core.errors import RecipeError
 from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
 from specforge_core.projection import project_rows
 
-from .layout import CORRECTOR_PREFIXES, check_against_target, load_draft, save_draft
+from .layout import CORRECTOR_PREFIXES, check_against_target, load_draft, recorded_block_size, save_draft
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
 from .training import block_training_loss, training_blocks
 
@@ -59,9 +59,21 @@ class DFlashDrafter(Drafter):
         self.reset()
 
     # ---- set-up -------------------------------------------------------------------------
+    @classmethod
+    def checkpoint_block_size(cls, checkpoint: str) -> Optional[int]:
+        """The block size ``checkpoint``'s config.json records (None if none): the one it runs
+        at unless the recipe sets ``drafter.block_size`` (specforge_core.build.drafter_block_size)."""
+        from specforge_core.checkpoint import read_config, resolve_dir
+
+        directory = resolve_dir(checkpoint)
+        return recorded_block_size(read_config(directory), str(directory))
+
     def bind(self, target) -> None:
         if self.checkpoint is not None:
             model = load_draft(self.checkpoint, target, fusion=self.fusion)
+            # the block size in force (the recipe may override the checkpoint's): training
+            # blocks and a re-saved config.json use it too
+            model.arch.block_size = self.block_size
         else:
             arch = fresh_arch(target, self.options.config or {}, fusion=self.fusion, block_size=self.block_size)
             check_against_target(arch, target, "drafter.options.config")

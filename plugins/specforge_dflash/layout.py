@@ -26,6 +26,17 @@ _OWN = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_valu
         "model_type", "layer_types", "tie_word_embeddings", "attention_bias", "dtype", "torch_dtype"}
 
 
+def recorded_block_size(cfg: dict, where: str) -> Optional[int]:
+    """The ``block_size`` a checkpoint's config.json records: top level (z-lab, AngelSlim), or
+    inside ``dflash_config`` (some Domino releases); None when it records none."""
+    value = cfg.get("block_size", (cfg.get("dflash_config") or {}).get("block_size"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelLoadError(f"{where}/config.json: block_size must be an integer >= 1 (got {value!r})")
+    return value
+
+
 def arch_from_config(cfg: dict, where: str, fusion: bool) -> DraftArch:
     try:
         H = int(cfg["hidden_size"])
@@ -43,7 +54,7 @@ def arch_from_config(cfg: dict, where: str, fusion: bool) -> DraftArch:
             num_key_value_heads=int(cfg.get("num_key_value_heads", heads)),
             head_dim=int(cfg.get("head_dim") or H // heads), intermediate_size=int(cfg["intermediate_size"]),
             vocab_size=int(cfg["vocab_size"]), target_layer_ids=[int(i) for i in ids], mask_token_id=int(mask_id),
-            block_size=int(cfg.get("block_size", 16)), num_target_layers=L,
+            block_size=recorded_block_size(cfg, where) or 16, num_target_layers=L,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 1e6))),
             max_position_embeddings=int(cfg.get("max_position_embeddings", 40960)), fusion=fusion,

@@ -26,8 +26,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Qwen3Config
-from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP, Qwen3RMSNorm, Qwen3RotaryEmbedding, rotate_half
+
+from .qwen3_parts import RMSNorm, RotaryEmbedding, SwiGLU, rotate_half
 
 Tensor = torch.Tensor
 
@@ -63,15 +63,6 @@ class DraftArch:
     shift_label: bool = False  # Domino: block output j predicts token start+j+1 (bs drafts, not bs-1)
     extra: dict = field(default_factory=dict)  # other config.json fields, kept on save
 
-    def qwen3_config(self) -> Qwen3Config:
-        return Qwen3Config(
-            hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads, num_key_value_heads=self.num_key_value_heads,
-            head_dim=self.head_dim, intermediate_size=self.intermediate_size, vocab_size=self.vocab_size,
-            rms_norm_eps=self.rms_norm_eps, rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
-            max_position_embeddings=self.max_position_embeddings, attention_bias=False,
-        )
-
 
 class DraftAttention(nn.Module):
     def __init__(self, arch: DraftArch, layer_idx: int):
@@ -82,8 +73,8 @@ class DraftAttention(nn.Module):
         self.k_proj = nn.Linear(H, nkv * hd, bias=False)
         self.v_proj = nn.Linear(H, nkv * hd, bias=False)
         self.o_proj = nn.Linear(nh * hd, H, bias=False)
-        self.q_norm = Qwen3RMSNorm(hd, eps=arch.rms_norm_eps)
-        self.k_norm = Qwen3RMSNorm(hd, eps=arch.rms_norm_eps)
+        self.q_norm = RMSNorm(hd, eps=arch.rms_norm_eps)
+        self.k_norm = RMSNorm(hd, eps=arch.rms_norm_eps)
         if arch.fusion:  # DFlare: the context gets its own K / V projections
             self.k_proj_target = nn.Linear(H, nkv * hd, bias=False)
             self.v_proj_target = nn.Linear(H, nkv * hd, bias=False)
@@ -112,10 +103,10 @@ class DraftAttention(nn.Module):
 class DraftLayer(nn.Module):
     def __init__(self, arch: DraftArch, layer_idx: int):
         super().__init__()
-        self.input_layernorm = Qwen3RMSNorm(arch.hidden_size, eps=arch.rms_norm_eps)
+        self.input_layernorm = RMSNorm(arch.hidden_size, eps=arch.rms_norm_eps)
         self.self_attn = DraftAttention(arch, layer_idx)
-        self.post_attention_layernorm = Qwen3RMSNorm(arch.hidden_size, eps=arch.rms_norm_eps)
-        self.mlp = Qwen3MLP(arch.qwen3_config())
+        self.post_attention_layernorm = RMSNorm(arch.hidden_size, eps=arch.rms_norm_eps)
+        self.mlp = SwiGLU(arch.hidden_size, arch.intermediate_size)
 
     def forward(self, h, ctx, cos, sin, cache=None, mask=None):
         h = h + self.self_attn(self.input_layernorm(h), ctx, cos, sin, cache, mask)
@@ -135,10 +126,10 @@ class DFlashDraftModel(nn.Module):
             self.layer_fusion_weights = nn.Parameter(w)
         else:
             self.fc = nn.Linear(T * H, H, bias=False)
-        self.hidden_norm = Qwen3RMSNorm(H, eps=arch.rms_norm_eps)
+        self.hidden_norm = RMSNorm(H, eps=arch.rms_norm_eps)
         self.layers = nn.ModuleList(DraftLayer(arch, i) for i in range(D))
-        self.norm = Qwen3RMSNorm(H, eps=arch.rms_norm_eps)
-        self.rotary_emb = Qwen3RotaryEmbedding(arch.qwen3_config())
+        self.norm = RMSNorm(H, eps=arch.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(arch.head_dim, arch.rope_theta)
 
     def project_context(self, target_hidden: Tensor) -> list[Tensor]:
         """target_hidden [b, c, T*H] -> one context [b, c, H] per draft layer."""

@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from specforge_core.errors import IncompatibleError, ModelLoadError, RecipeError
 from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
+from specforge_core.target import cache_argument_name
 
 
 @dataclass
@@ -54,6 +55,7 @@ class DraftModelDrafter(Drafter):
                 torch.manual_seed(int(self.options.init_seed))
                 model = AutoModelForCausalLM.from_config(config, dtype=target.dtype)
         self.model = model.to(target.device).eval()
+        self.cache_argument = cache_argument_name(self.model)  # `cache` (transformers >= 5.24) or `past_key_values`
         self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
         self.target_vocab = target.vocab_size
         if self.vocab_size > self.target_vocab:
@@ -87,7 +89,8 @@ class DraftModelDrafter(Drafter):
         sampler = ctx.sampler
         tokens, probs = [], []
         for i in range(k):
-            logits = self.model(input_ids=feed, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = self.model(input_ids=feed, use_cache=True, logits_to_keep=1,
+                                **{self.cache_argument: self.cache}).logits[:, -1]
             if self.vocab_size < self.target_vocab:  # q must live on the target's vocabulary
                 pad = logits.new_full((1, self.target_vocab - self.vocab_size), float("-inf"))
                 logits = torch.cat([logits, pad], -1)
