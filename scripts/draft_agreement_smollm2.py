@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from diagnostics_common import ROOT, record
 
-from specforge_core.build import load_target
+from specforge_core.build import drafter_block_size, load_target
 from specforge_core.recipe import load_recipe, resolve_path
 from specforge_core.training.data import RegenConfig, read_prompts, regenerate
 from specforge_core.training.draft_agreement import differing_drafts, training_and_decode_drafts
@@ -44,8 +44,8 @@ def main() -> None:
     r = load_recipe(str(RECIPE), [f"drafter.checkpoint={CHECKPOINT}", "drafter.options.config=null"])
     cfg, tr = r.cfg, r.cfg.training
     target = load_target(cfg.target)
-    drafter = r.drafter_cls(r.drafter_options, block_size=int(cfg.drafter.block_size),
-                            checkpoint=str(CHECKPOINT))
+    block_size, _ = drafter_block_size(cfg.drafter.block_size, r.drafter_cls, str(CHECKPOINT))
+    drafter = r.drafter_cls(r.drafter_options, block_size=block_size, checkpoint=str(CHECKPOINT))
     drafter.bind(target)
     target.capture(drafter.context_layers)
     drafter.model.eval()

@@ -253,7 +253,10 @@ class Pipeline:
         return torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
 
 
-def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
+def build_pipeline(resolved: ResolvedRecipe, registry=None, target: Optional[TargetModel] = None,
+                   profile: bool = False) -> Pipeline:
+    """``target``: reuse a loaded target (bench variants with the same target section share one);
+    ``profile``: per-stage times on a GPU (a device sync per stage)."""
     cfg = resolved.cfg
     # components first: their constructors validate cheaply, before the target loads
     checkpoint = _ckpt(cfg.drafter.checkpoint, resolved)
@@ -264,24 +267,22 @@ def build_pipeline(resolved: ResolvedRecipe, registry=None) -> Pipeline:
     if resolved.corrector_cls is not None:
         corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=_ckpt(cfg.corrector.checkpoint, resolved))
     verifier = resolved.verifier_cls(resolved.verifier_options)
-    target = load_target(cfg.target, registry)
+    target = target if target is not None else load_target(cfg.target, registry)
     if corrector is not None:
         corrector.compatible_with(drafter)  # before bind: a corrector may take its weights from the drafter's checkpoint
     for comp in (drafter, corrector, verifier):
         if comp is not None:
             comp.bind(target)  # loads weights, borrows embeddings, checks shapes
     return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector,
-                                                           cfg.drafter.num_speculative_tokens))
+                                                           cfg.drafter.num_speculative_tokens, profile=profile))
 
 
 def drafter_block_size(recipe_value: Optional[int], drafter_cls: type, checkpoint: Optional[str]) -> "tuple[int, str]":
     """The block size a drafter runs at and where it comes from: the recipe's
-    ``drafter.block_size`` when it sets one, else what the checkpoint records (drafters whose
-    checkpoints record one define ``checkpoint_block_size(checkpoint) -> int | None``: DFlash,
-    DFlare), else ``DEFAULT_BLOCK_SIZE``. Returns ``(block_size, "from checkpoint" | "from
+    ``drafter.block_size`` when it sets one, else what the checkpoint records
+    (``Drafter.checkpoint_block_size``), else ``DEFAULT_BLOCK_SIZE``. Returns ``(block_size, "from checkpoint" | "from
     recipe[, checkpoint says N]" | "(default)")``."""
-    read = getattr(drafter_cls, "checkpoint_block_size", None)
-    recorded = read(checkpoint) if checkpoint is not None and read is not None else None
+    recorded = drafter_cls.checkpoint_block_size(checkpoint) if checkpoint is not None else None
     if recipe_value is not None:
         differs = recorded is not None and recorded != int(recipe_value)
         return int(recipe_value), "from recipe" + (f", checkpoint says {recorded}" if differs else "")

@@ -306,7 +306,8 @@ def plan_text(resolved) -> str:
             continue
         extra = ""
         if kind == "drafter":
-            extra = f", block_size {cfg.drafter.block_size}"
+            bs = cfg.drafter.block_size
+            extra = f", block_size {bs if bs is not None else 'from the checkpoint, else 8'}"
         ckpt = cfg[kind].get("checkpoint")
         if ckpt:
             extra += f", checkpoint {ckpt}"

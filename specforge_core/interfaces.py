@@ -187,6 +187,12 @@ class Drafter(Component):
         self.block_size = block_size  # max drafted tokens per cycle (recipe `drafter.block_size`)
         self.checkpoint = checkpoint  # recipe `drafter.checkpoint` (local dir / hub id) or None
 
+    @classmethod
+    def checkpoint_block_size(cls, checkpoint: str) -> Optional[int]:
+        """The block size a checkpoint was trained with, if it records one (DFlash / DFlare read
+        ``config.json``). The drafter runs at it unless the recipe sets ``drafter.block_size``."""
+        return None
+
     @property
     def context_layers(self) -> Sequence[int]:
         return ()

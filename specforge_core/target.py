@@ -239,13 +239,17 @@ class TargetModel:
         return few_row_linears(self.model) if self.fast_few_rows and self.device.type == "cpu" else nullcontext()
 
     @torch.inference_mode()
-    def keep(self, rows: Tensor) -> None:
+    def keep(self, rows: Tensor, contiguous: Optional[bool] = None) -> None:
         """Keep the fed rows ``rows [m]`` (indices into the last verify input, ascending,
-        starting with 0 = the anchor) and drop the rest from the KV cache."""
+        starting with 0 = the anchor) and drop the rest from the KV cache. ``contiguous=True``
+        (a chain: rows are 0..m-1) skips reading ``rows`` on the host."""
         past = self.cache_len - self._last_fed
-        m = int(rows.numel())
-        contiguous = bool((rows.cpu() == torch.arange(m)).all())
-        if not contiguous:  # tree path: move the accepted rows' K/V next to the committed ones
+        m = int(rows.numel())  # a shape, not a device read
+        if contiguous is None:
+            contiguous = bool((rows.cpu() == torch.arange(m)).all())
+        if not contiguous and self.static is not None:  # one gather over every layer's buffer
+            self.cache.move_rows(past, rows)
+        elif not contiguous:  # tree path: move the accepted rows' K/V next to the committed ones
             idx = (past + rows).to(self.device)
             for layer in self.cache.layers:
                 layer.keys[:, :, past : past + m] = layer.keys.index_select(2, idx)

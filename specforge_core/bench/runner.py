@@ -219,7 +219,7 @@ def _summarise(m: Method, times, outs, ar_times, ar_med, ar_out, encoded, prompt
 
 def _counters(out: BenchResult, pipe: Pipeline, results: list[GenerationResult]) -> None:
     gen = pipe.generator
-    width = int(getattr(gen.drafter, "block_size", pipe.cfg.drafter.block_size))
+    width = int(gen.drafter.block_size)  # the block size it runs at (recipe, else its checkpoint)
     verified = width if gen.num_speculative_tokens is None else min(width, int(gen.num_speculative_tokens))
     cycles = [c for r in results for c in r.cycles]
     n = max(len(cycles), 1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..build import load_prompts, load_target
+from ..build import drafter_block_size, load_prompts, load_target
 from ..errors import RecipeError
 from ..recipe import ResolvedRecipe, resolve_path
 from ..sampling import SamplingParams
@@ -29,8 +29,9 @@ def build_for_training(resolved: ResolvedRecipe, target):
     def ckpt(p):
         return None if p is None else resolve_path(p, resolved.path)
 
-    drafter = resolved.drafter_cls(resolved.drafter_options, block_size=int(cfg.drafter.block_size),
-                                   checkpoint=ckpt(cfg.drafter.checkpoint))
+    checkpoint = ckpt(cfg.drafter.checkpoint)
+    block_size, _ = drafter_block_size(cfg.drafter.block_size, resolved.drafter_cls, checkpoint)  # as inference
+    drafter = resolved.drafter_cls(resolved.drafter_options, block_size=block_size, checkpoint=checkpoint)
     corrector = None
     if resolved.corrector_cls is not None:
         corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=ckpt(cfg.corrector.checkpoint))
