@@ -4,8 +4,8 @@
 # prompt, 3 repeats after a warm-up; the speedup is the median over prompts of AR time / method
 # time, with its range over the repeats. Run it on a quiet machine (nothing else using the CPU):
 # every bench says in its output when the load average was above the threads it used.
-#   bash scripts/bench_embedded_default.sh [all|quickstart|methods|t08|baselines]   (default: all)
-# About 45 minutes for `all` on 2 CPU cores. Tables: python scripts/results_table.py docs/results/*.json
+#   bash scripts/bench_embedded_default.sh [all|quickstart|methods|baselines|t08|smoke]   (default: all)
+# About 45 minutes for `all` on 2 CPU cores. Tables: docs/results/tables.md (python scripts/results_table.py FILE.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -55,5 +55,13 @@ if [[ $what == all || $what == t08 ]]; then
     --variant "verifier.name=tree verifier.options.budget=8" \
     --json $OUT/smollm2_t08.json
 fi
-python scripts/results_table.py $OUT/*.json > $OUT/tables.md
+if [[ $what == all || $what == smoke ]]; then  # the tiny random-weight smoke recipe (seconds)
+  run specforge bench recipes/smoke.yaml --no-progress --json $OUT/smoke_t0.json
+  run specforge bench recipes/smoke.yaml sampling.temperature=0.8 --no-progress --json $OUT/smoke_t08.json
+fi
+tables=()
+for f in quickstart_a quickstart_b smollm2_t0 smollm2_baselines smollm2_t08 smoke_t0 smoke_t08; do
+  [[ -f $OUT/$f.json ]] && tables+=("$OUT/$f.json")
+done
+python scripts/results_table.py "${tables[@]}" > $OUT/tables.md
 echo "tables: $OUT/tables.md" >&2

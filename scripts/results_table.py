@@ -1,7 +1,7 @@
 """Print docs/results.md's tables from `specforge bench --json` files, so every figure in them
 comes from a measured file and a command.
 
-    python scripts/results_table.py docs/results/smollm2_t0.json [--labels "k=3" "k=4" ...]
+    python scripts/results_table.py docs/results/smollm2_t0.json [more.json ...]
 
 One row per method (the recipe's, then each --variant, then transformers' baselines): tau, speedup
 (median over prompts of AR time / method time) with its range over the interleaved repeats,
