@@ -15,27 +15,30 @@ TREE="verifier.name=tree verifier.options.budget=null"   # cost-aware tree (meas
 FULL="drafter.num_speculative_tokens=null"                 # verify the whole 8-token block
 run() { echo "+ $*" >&2; "$@"; }
 
+
+if [[ $what == all || $what == methods ]]; then
+  # every drafter x corrector x verifier x verify length of the embedded default, one process
+  run specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 --no-progress \
+    --variant "drafter.num_speculative_tokens=1" \
+    --variant "drafter.num_speculative_tokens=2" \
+    --variant "drafter.num_speculative_tokens=4" \
+    --variant "$FULL" \
+    --variant "$FULL $TREE" \
+    --variant "corrector.name=none drafter.num_speculative_tokens=2" \
+    --variant "corrector.name=none drafter.num_speculative_tokens=3" \
+    --variant "corrector.name=none $FULL" \
+    --variant "corrector.name=none $FULL $TREE" \
+    --variant "$DFLARE drafter.num_speculative_tokens=3" \
+    --variant "$DFLARE $FULL $TREE" \
+    --variant "drafter.name=ngram drafter.checkpoint=null corrector.name=none" \
+    --json $OUT/smollm2_t0.json --plots $OUT/smollm2_t0
+fi
+
 if [[ $what == all || $what == quickstart ]]; then
   # the README's main job, twice back to back, then `specforge run` (its one-line result must agree)
   run specforge bench recipes/quickstart.yaml --no-progress --json $OUT/quickstart_a.json
   run specforge bench recipes/quickstart.yaml --no-progress --json $OUT/quickstart_b.json
   run specforge run recipes/quickstart.yaml --json $OUT/quickstart_run.json > /dev/null
-fi
-
-if [[ $what == all || $what == methods ]]; then
-  run specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 --no-progress \
-    --variant "drafter.num_speculative_tokens=2" \
-    --variant "drafter.num_speculative_tokens=4" \
-    --variant "$FULL" \
-    --variant "$FULL $TREE" \
-    --variant "corrector.name=none" \
-    --variant "corrector.name=none $FULL" \
-    --variant "corrector.name=none $FULL $TREE" \
-    --variant "$DFLARE" \
-    --variant "$DFLARE $FULL $TREE" \
-    --variant "$DFLARE corrector.name=none $FULL $TREE" \
-    --variant "drafter.name=ngram drafter.checkpoint=null corrector.name=none" \
-    --json $OUT/smollm2_t0.json --plots $OUT/smollm2_t0
 fi
 
 if [[ $what == all || $what == baselines ]]; then

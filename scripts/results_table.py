@@ -32,7 +32,8 @@ def table(result: dict) -> str:
     out.append(f"| autoregressive (transformers `generate`) | 1 | 1.00x | {ar:.1f} | | | - |")
     for r in rows(result):
         split = r.get("time_split_ms")
-        split = " / ".join(f"{split[k]:.0f}" for k in ("draft", "propose", "verify", "accept")) if split else ""
+        keys = ("draft", "propose", "verify", "accept")
+        split = " / ".join(f"{split[k]:.0f}" for k in keys) if split and all(k in split for k in keys) else ""
         acc = ", ".join(f"{a:.2f}" for a in r.get("accept_per_position", []))
         tau = "-" if r.get("tau") is None else f"{r['tau']:.2f}"
         lo, hi = r["speedup_range"]

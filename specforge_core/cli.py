@@ -241,6 +241,12 @@ def cmd_bench(args) -> int:
             bad = [p["question_id"] for p in result.prompts if p["identical_to_ar"] is False]
             print(f"specforge: LOSSLESS CHECK FAILED for {result.method}, prompts {bad}", file=sys.stderr)
     spec, baselines = results[: len(pipes)], results[len(pipes):]
+    if args.json:
+        out = spec[0].to_dict()
+        if variants:
+            out["variants"] = [dict(r.to_dict(), overrides=v) for r, v in zip(spec[1:], args.variant)]
+        out["baselines"] = [b.to_dict() for b in baselines]
+        _write_json(args.json, out)
     if args.answers or args.plots:
         from .bench.report import write_answers, write_plots
 
@@ -249,12 +255,6 @@ def cmd_bench(args) -> int:
         if args.plots:
             for f in write_plots(results, args.plots):
                 print(f"plot: {f}", file=sys.stderr)
-    if args.json:
-        out = spec[0].to_dict()
-        if variants:
-            out["variants"] = [dict(r.to_dict(), overrides=v) for r, v in zip(spec[1:], args.variant)]
-        out["baselines"] = [b.to_dict() for b in baselines]
-        _write_json(args.json, out)
     return 1 if failed else 0
 
 

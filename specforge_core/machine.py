@@ -3,10 +3,11 @@
 * ``machine_key(device)``: the facts that change a measured time (CPU model or GPU name, thread
   count, torch version). Every timing-based decision that is remembered (the verify-cost curve,
   the few-row matmul layout) is keyed by it, so a different machine or thread count re-measures.
-* ``choose_threads(requested)``: the CPU thread count for decoding. Measured on this project's
-  2-core machine (issue 13): with one other CPU-bound process running, the smoke bench took 146 s
-  with 2 threads and 8.6 s with 1 - torch's OpenMP threads spin-wait for a core another process
-  holds. So ``auto`` uses the cores no other process is running on (at least 1).
+* ``choose_threads(requested)``: the CPU thread count for decoding. Measured on 2 cores
+  (scripts/threads_check.sh, SmolLM2): quiet, 2 threads decode 1.6x faster than 1; with one other
+  CPU-bound process, 2 threads are 2.4x slower than 1 (issue 13 saw 17x on the smoke bench) - torch's
+  OpenMP threads wait for a core another process holds. So ``auto`` uses the cores no other process
+  is running on (at least 1).
 * ``load_average()`` / ``looks_busy``: for the bench's "the machine looked busy" line.
 """
 

@@ -66,8 +66,9 @@ def write_plots(results, directory: str) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(results)), 4))
     x = list(range(len(results)))
     ax.bar(x, [r.speedup for r in results], color=["C0" if r.speedup >= 1 else "C3" for r in results])
-    lo = [r.speedup - r.speedup_range[0] for r in results]
-    hi = [r.speedup_range[1] - r.speedup for r in results]
+    # the median of per-prompt ratios may sit just outside the per-repeat range: no negative bars
+    lo = [max(0.0, r.speedup - r.speedup_range[0]) for r in results]
+    hi = [max(0.0, r.speedup_range[1] - r.speedup) for r in results]
     ax.errorbar(x, [r.speedup for r in results], yerr=[lo, hi], fmt="none", ecolor="k", capsize=3, lw=0.8)
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_xticks(x, [r.method for r in results], rotation=30, ha="right", fontsize=8)
