@@ -33,6 +33,7 @@ class CycleStats:
     verify_s: float = 0.0  # the target's forward over [anchor, candidates]
     accept_s: float = 0.0  # verifier.accept + KV-cache trim + drafter.commit + reading the result
     timed: bool = False
+    num_positions: int = 0  # block positions the verifier could accept (the block after the cut; tree: its depth)
 
 
 @dataclass
@@ -154,7 +155,8 @@ class SpeculativeGenerator:
             new.extend(committed)
             tokens = torch.cat([tokens, accepted.tokens[:, : len(committed)]], 1)
             t4 = _stamp(device, profile)
-            result.cycles.append(CycleStats(candidates.num_nodes, a, t1 - t0, t2 - t1, t3 - t2, t4 - t3, timed))
+            result.cycles.append(CycleStats(candidates.num_nodes, a, t1 - t0, t2 - t1, t3 - t2, t4 - t3, timed,
+                                            block.num_tokens))
 
         result.wall_s = _stamp(device, True) - t_start
         return result

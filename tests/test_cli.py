@@ -72,8 +72,8 @@ def test_bench_json(tmp_path, capsys):
     assert r["tau"] == pytest.approx(1 + r["num_accepted_tokens"] / r["num_drafts"])
     assert r["tau"] >= 1
     assert 0 <= r["num_accepted_tokens"] <= r["num_draft_tokens"] <= 8 * r["num_drafts"]
-    assert len(r["accept_per_position"]) == 8 == r["block_size"]
-    assert len(r["num_accepted_tokens_per_pos"]) == 8
+    assert len(r["accept_per_position"]) == r["verified_positions"] <= 8 == r["block_size"]
+    assert len(r["num_accepted_tokens_per_pos"]) == r["verified_positions"] >= 1
     assert sum(r["num_accepted_tokens_per_pos"]) == r["num_accepted_tokens"]
     assert r["accept_per_position"] == pytest.approx([c / r["num_drafts"] for c in r["num_accepted_tokens_per_pos"]])
     per_pos = r["num_accepted_tokens_per_pos"]
@@ -95,6 +95,12 @@ def test_bench_reports_only_verified_positions(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     r = json.loads(out_json.read_text())
     assert r["verified_positions"] == 3 == len(r["accept_per_position"]) and r["block_size"] == 8
+    # a DFlash block of 8 drafts 7 tokens (row 0 is the anchor): position 8 is never verified, so not listed
+    rc = main(["bench", SMOKE, "--json", str(out_json), "--no-progress", "prompts.limit=1",
+               "generation.max_new_tokens=12", "drafter.name=dflash", "--repeats", "1"])
+    assert rc == 0, capsys.readouterr().err
+    r = json.loads(out_json.read_text())
+    assert r["verified_positions"] == 7 == len(r["accept_per_position"]) and r["block_size"] == 8
 
 
 def test_plugins_table(capsys):

@@ -220,8 +220,9 @@ def _summarise(m: Method, times, outs, ar_times, ar_med, ar_out, encoded, prompt
 def _counters(out: BenchResult, pipe: Pipeline, results: list[GenerationResult]) -> None:
     gen = pipe.generator
     width = int(gen.drafter.block_size)  # the block size it runs at (recipe, else its checkpoint)
-    verified = width if gen.num_speculative_tokens is None else min(width, int(gen.num_speculative_tokens))
     cycles = [c for r in results for c in r.cycles]
+    # positions some cycle could accept: a DFlash block of 8 drafts 7, num_speculative_tokens cuts more
+    verified = max((c.num_positions for c in cycles), default=0)
     n = max(len(cycles), 1)
     per_pos = [0] * verified
     for c in cycles:
