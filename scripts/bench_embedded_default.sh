@@ -20,7 +20,7 @@ if [[ $what == all || $what == methods ]]; then
   # every drafter x corrector x verifier x verify length of the embedded default, one process
   run specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 --no-progress \
     --variant "drafter.num_speculative_tokens=1" \
-    --variant "drafter.num_speculative_tokens=2" \
+    --variant "drafter.num_speculative_tokens=3" \
     --variant "drafter.num_speculative_tokens=4" \
     --variant "$FULL" \
     --variant "$FULL $TREE" \
