@@ -115,7 +115,7 @@ def spec_method(pipe: Pipeline) -> Method:
 
 
 def run_bench(pipes: list[Pipeline], prompts: list[Prompt], repeats: int = 3, warmup: int = 1,
-              progress: bool = True, with_baselines: bool = True, labels: Optional[list[str]] = None) -> list[BenchResult]:
+              progress: bool = True, with_baselines: bool = True) -> list[BenchResult]:
     """Every pipeline (they share the first one's target) against AR on ``prompts``, interleaved."""
     pipe0 = pipes[0]
     cfg = pipe0.cfg
@@ -132,9 +132,6 @@ def run_bench(pipes: list[Pipeline], prompts: list[Prompt], repeats: int = 3, wa
         return target.reference_generate(ids.to(device), max_new, stop, s.temperature, s.top_k, s.top_p)[0].tolist()
 
     methods = [Method("autoregressive", ar)] + [spec_method(p) for p in pipes]
-    if labels:
-        for m, label in zip(methods[1:], labels):
-            m.label = label
     if with_baselines:
         from .hf_baselines import baseline_methods, hf_generate
 
