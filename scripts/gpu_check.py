@@ -19,8 +19,12 @@ Sections (each one's failure is recorded under ``errors`` and the next one runs)
                    tokens/s, measured tau, ratio to AR (HF and ours), ratio to the ideal
                    ``tau * t_decode / (t_verify + t_draft)``, and the non-model time per cycle
                    (cycle time - one verify forward) as a share of one verify forward.
+* ``dflash_draft`` - a real DFlash drafter (z-lab's Qwen3-8B-DFlash-b16 shapes, random weights) on the graphed
+                   target: T=0 tokens vs transformers, cycle time and the per-stage split (its block forward is eager).
 * ``domino``     - the Domino head per 16-token block at Qwen3-8B shapes: reference / fused Triton / CUDA graph /
                    exact top-k (graphed), against the HBM floor of the bytes it reads (fast.traffic_per_block).
+* ``compile``    - the verify forward on a few-layer model at Qwen3-8B widths: eager / our CUDA graphs /
+                   ``torch.compile(mode="reduce-overhead")`` of the same padded static-cache forward.
 
 Random weights are built from a config directly on the device (no hub). Timing: the device is
 synchronised around every timed region; medians of repeats.
@@ -277,6 +281,8 @@ def spec(target: TargetModel, name: str, prompt, max_new: int, block: int, taus:
             row.update({"verify_ms": round(1e3 * t_verify, 3), "decode_ms": round(1e3 * t_decode, 3),
                         "ideal_speedup": round(ideal, 3),
                         "ratio_to_ideal": round((tps * t_decode) / ideal, 3) if ideal else None,
+                        # the ideal is a steady state: the decode part alone (tokens after the prefill's first)
+                        "ratio_to_ideal_after_prefill": round((n_tok - 1) / (s - res.prefill_s) * t_decode / ideal, 3),
                         "non_model_ms_per_cycle": round(1e3 * (cycle_s - t_verify), 3),
                         "non_model_share_of_verify": round((cycle_s - t_verify) / t_verify, 3)})
         if profile_ok:  # per-stage split of one more run (a device sync per stage: slower, for shares only)
@@ -346,6 +352,109 @@ def domino(device: torch.device, tiny: bool) -> dict:
     return out
 
 
+def dflash_draft(target: TargetModel, name: str, prompt, max_new: int, block: int, state: dict) -> dict:
+    """A real DFlash drafter at z-lab's Qwen3-8B-DFlash-b16 shapes (5 Qwen3-8B layers, context from
+    target layers 1, 9, 17, 25, 33; random weights, so it accepts ~nothing): the plugin's own path on
+    this target (features captured inside the verify graph), T=0 tokens against transformers'
+    greedy decode, and the per-stage split (--profile) - the drafter's block forward runs eagerly."""
+    from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
+
+    cfg = {"num_hidden_layers": 5, "target_layer_ids": [1, 9, 17, 25, 33]}
+    if target.num_layers < 34:  # --layers / --tiny: spread the 5 context layers over what there is
+        cfg["target_layer_ids"] = sorted({min(target.num_layers - 1, i * target.num_layers // 5) for i in range(5)})
+    d = DFlashDrafter(DFlashOptions(config=cfg), block + 1)
+    d.bind(target)
+    out = {"arch": {"layers": 5, "block_size": block + 1, "target_layer_ids": cfg["target_layer_ids"]}}
+    for run, profile in (("plain", False), ("profiled", True), ("plain_again", False)):
+        gen = SpeculativeGenerator(target, d, ChainVerifier(ChainOptions()), profile=profile)
+        run_loop(gen, prompt, 8, target.device)  # warm-up
+        res, s = run_loop(gen, prompt, max_new, target.device)
+        cycles = max(1, len(res.cycles))
+        row = {"tokens": len(res.tokens), "cycles": len(res.cycles), "tau": round(res.tau, 3),
+               "cycle_ms": round(1e3 * (s - res.prefill_s) / cycles, 3),
+               "agrees_with_hf_tokens": agree(res.tokens, state.get("greedy", []))}
+        if profile:
+            for field in ("draft_s", "propose_s", "verify_s", "accept_s"):
+                row[field.replace("_s", "_ms")] = round(1e3 * statistics.mean(getattr(c, field) for c in res.cycles), 3)
+        out[run] = row
+    t_verify = state.get(f"t_verify_{name}_{block + 1}")
+    if t_verify:
+        out["draft_share_of_verify"] = round(out["profiled"]["draft_ms"] / (1e3 * t_verify), 3)
+    return out
+
+
+def t0_agreement(cfg: dict, device: torch.device, layers: int, prompt_len: int, max_new: int, block: int) -> dict:
+    """T=0 tokens in fp32 (TF32 off), where a near-tie cannot flip: a ``layers``-layer model at the widths of
+    ``cfg``; transformers' greedy decode against our loop on the graphed static cache (no drafts / the oracle
+    at full acceptance / the oracle cut at 3 / a DFlash drafter). bf16 runs agree only on a prefix, because
+    a padded or batched forward rounds differently; here every way must give the same tokens."""
+    from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    small = dict(cfg, num_hidden_layers=layers)
+    target = build_target(small, device, torch.float32, seed=4)
+    target.use_static_cache(cuda_graphs=True)
+    prompt = torch.randint(0, small["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(5))
+    prompt = prompt.to(device)
+    greedy = target.greedy_reference(prompt, max_new)[0].tolist()
+    out = {"layers": layers, "dtype": "float32", "tokens": len(greedy)}
+    oracle_full = OracleDrafter(OracleOptions(check=False), block)
+    oracle_cut = OracleDrafter(OracleOptions(accept_len=3, check=False), block)
+    for d in (oracle_full, oracle_cut):
+        d.bind(target)
+        d.follow(torch.cat([prompt, torch.tensor([greedy], device=device)], 1))
+    ids = sorted({min(layers - 1, i * layers // 5) for i in range(5)})
+    dflash = DFlashDrafter(DFlashOptions(config={"num_hidden_layers": 2, "target_layer_ids": ids}), block + 1)
+    dflash.bind(target)
+    for name, d in (("no_drafts", NoDrafts(None, 1)), ("oracle_full", oracle_full), ("oracle_cut3", oracle_cut),
+                    ("dflash", dflash)):
+        res = SpeculativeGenerator(target, d, ChainVerifier(ChainOptions())).generate(prompt, max_new, GREEDY)
+        out[name] = {"agrees_with_hf_tokens": agree(res.tokens, greedy), "of": len(greedy), "tau": round(res.tau, 3)}
+    out["all_equal"] = all(out[n]["agrees_with_hf_tokens"] == len(greedy)
+                           for n in ("no_drafts", "oracle_full", "oracle_cut3", "dflash"))
+    return out
+
+
+def compile_vs_graphs(cfg: dict, device: torch.device, dtype: torch.dtype, rows: list, reps: int,
+                      layers: int, prompt_len: int) -> dict:
+    """The verify forward on the static cache at Qwen3-8B widths with ``layers`` decoder layers (fewer than
+    36 to keep the compile short): eager / our CUDA graph per bucket / ``torch.compile(mode=
+    "reduce-overhead")`` of the same padded forward (issue 17: whichever measures faster)."""
+    small = dict(cfg, num_hidden_layers=layers)
+    model = build_target(small, device, dtype, seed=2).model
+    prompt = torch.randint(0, small["vocab_size"], (1, prompt_len), generator=torch.Generator().manual_seed(3))
+    prompt = prompt.to(device)
+    eager, graphs, compiled = TargetModel(model), TargetModel(model), TargetModel(model)
+    eager.use_static_cache(cuda_graphs=False)
+    eager.static.padded = True  # the same bucketed shapes as the graphs
+    graphs.use_static_cache(cuda_graphs=True)
+    compiled.use_static_cache(cuda_graphs=False)
+    sv = compiled.static
+    sv.padded = True
+    out = {"layers": layers, "note": "verify ms on a %d-layer model at Qwen3-8B widths" % layers}
+    times = verify_times({"eager": eager, "cuda_graph": graphs}, prompt, rows, reps, {})
+    fn = torch.compile(model, mode="reduce-overhead", dynamic=False)
+
+    def forward(ids, positions, write_rows, mask, logits_to_keep=0):
+        sv.cache.write_rows = write_rows
+        if ids.shape[1] == prompt_len:  # the prefill: eager (one shape compiled per verify bucket only)
+            return model(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                         logits_to_keep=logits_to_keep, **{sv.keyword: sv.cache})
+        return fn(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                  logits_to_keep=logits_to_keep, **{sv.keyword: sv.cache})
+
+    sv._forward = forward
+    t0 = time.perf_counter()
+    try:
+        times.update(verify_times({"compiled": compiled}, prompt, rows, reps, {}))
+    except Exception as e:
+        times["compiled"] = {"error": f"{type(e).__name__}: {e}"}
+    out["compile_and_time_s"] = round(time.perf_counter() - t0, 1)
+    out.update(times)
+    return out
+
+
 # ---- gpu_check.sh's other steps, merged into the one JSON ----------------------------------------
 def pytest_summary(junit_xml: str) -> dict:
     """Counts and the failed / skipped test ids (with the skip reason) of a ``--junitxml`` file."""
@@ -403,7 +512,12 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--taus", default="4,8")
     ap.add_argument("--reps", type=int, default=None, help="repeats per verify timing")
     ap.add_argument("--no-graphs", action="store_true", help="the static cache without CUDA graphs everywhere")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip (ar_hf, ar_ours, verify, spec, domino)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated sections to skip (ar_hf, ar_ours, verify, spec, dflash, domino, compile)")
+    ap.add_argument("--agreement", action="store_true",
+                    help="also check T=0 tokens in fp32 on an 8-layer model: transformers vs our graphed loop")
+    ap.add_argument("--compile-layers", type=int, default=4,
+                    help="decoder layers of the model the torch.compile comparison runs on (default 4)")
     ap.add_argument("--merge-pytest", metavar="JUNIT_XML", help="only add this pytest run's summary to the JSON")
     ap.add_argument("--merge-benchmarks", metavar="JSON", help="only add these pytest-benchmark results to the JSON")
     args = ap.parse_args(argv)
@@ -467,12 +581,21 @@ def main(argv: Optional[list] = None) -> int:
         name = "static" if state.get("failed_static_graphs") else "static_graphs"
         report.data["spec_target"] = name
         report.section("spec", spec, targets[name], name, prompt, max_new, block, taus, state, profile_ok)
+    if "dflash" not in skip:
+        name = "static" if state.get("failed_static_graphs") else "static_graphs"
+        report.section("dflash_draft", dflash_draft, targets[name], name, prompt, max_new, block, state)
     report.data["cuda_graph_captures"] = graphs.static.num_captures if graphs.static else None
     del targets, graphs, static, base, model, state
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if "domino" not in skip:
         report.section("domino", domino, device, args.tiny)
+    if args.agreement:
+        report.section("t0_agreement", t0_agreement, cfg, device, 2 if args.tiny else 8, prompt_len,
+                       min(max_new, 64), block)
+    if "compile" not in skip:  # last: the compile is the slowest and least certain step
+        report.section("compile", compile_vs_graphs, cfg, device, dtype, sorted({1, block + 1}), reps,
+                       2 if args.tiny else args.compile_layers, prompt_len)
     report.write()
     print(f"[gpu_check] wrote {report.path}; errors: {report.data['errors'] or 'none'}", flush=True)
     return 1 if report.data["errors"] else 0

@@ -21,6 +21,7 @@
 #        run(command="bash scripts/gpu_check.sh $OUT", carry=["wheels"], timeout_s=600)
 #      then read $OUT/gpu_check.json (files_at) and give_back.
 # The measurement alone, without tests or benchmarks: GPU_CHECK_ONLY=1 bash scripts/gpu_check.sh $OUT
+# Other test files: GPU_CHECK_TESTS="tests/a.py tests/b.py"; no benchmarks: GPU_CHECK_BENCH=0
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: scripts/gpu_check.sh OUT_DIR [gpu_check.py options]}"
@@ -59,11 +60,13 @@ else
   TESTS="tests/test_static_cache.py tests/test_gpu_path.py tests/test_domino_kernels.py tests/test_oracle.py"
   BENCH="benchmarks/"
 fi
+TESTS="${GPU_CHECK_TESTS:-$TESTS}"
 echo "== GPU tests: $TESTS"
 timeout "${GPU_CHECK_TESTS_S:-110}" "$PY" -m pytest -q -p no:cacheprovider -rs $TESTS --junitxml=/tmp/gpu_check_tests.xml
 echo "tests exit $? after $(( $(date +%s) - start )) s"
 "$PY" scripts/gpu_check.py --out "$OUT" --merge-pytest /tmp/gpu_check_tests.xml
 
+[ "${GPU_CHECK_BENCH:-1}" = 0 ] && exit 0
 echo "== benchmarks: $BENCH"
 timeout "${GPU_CHECK_BENCH_S:-110}" "$PY" -m pytest -q -p no:cacheprovider $BENCH --benchmark-enable \
   --benchmark-json=/tmp/gpu_check_bench.json

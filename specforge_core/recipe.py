@@ -37,8 +37,8 @@ class TargetSection:
     attn_implementation: Optional[str] = None  # transformers attn_implementation (null = its default)
     few_row_linears: bool = True  # CPU: verify forwards use the faster matmul layout for <= 16 rows
     # off by default until scripts/gpu_check.sh has run them on a GPU (issue 17); null = on with CUDA
-    static_cache: Optional[bool] = False  # fixed KV buffers, kept rows never reallocated (static_cache.py)
-    cuda_graphs: Optional[bool] = False  # CUDA: verify replayed from a CUDA graph per bucketed row count (implies static_cache)
+    static_cache: Optional[bool] = None  # null = on for a full-attention CUDA target; fixed KV buffers, kept rows never reallocated (static_cache.py)
+    cuda_graphs: Optional[bool] = None  # null = on like static_cache; CUDA: verify replayed from a CUDA graph per bucketed row count (implies static_cache)
     num_threads: Optional[int] = None  # CPU threads for decoding; null = auto: the cores no other process is busy on
 
 

@@ -1,8 +1,8 @@
 """Domino Triton kernels and fast rollouts (plugins/specforge_domino/kernels.py, fast.py).
 
 On CPU everything runs under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
-triton is imported, only when CUDA is absent). On a GPU machine the same command compiles the kernels
-and runs the CUDA graph (the CPU-only cases then skip)."""
+triton is imported, only when CUDA is absent). On a GPU machine the same tests compile the kernels and
+run them on the GPU (inputs are drawn on the CPU, then moved to ``DEV``), plus the CUDA-graph cases."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ from specforge_domino.head import DominoArch, DominoHead, reference_rollout
 
 CPU_TRITON = K.triton_available("cpu")
 GPU_TRITON = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" and K.triton is not None
-needs_interp = pytest.mark.skipif(not CPU_TRITON, reason="needs triton and its CPU interpreter (TRITON_INTERPRET=1)")
+DEV = torch.device("cuda" if GPU_TRITON else "cpu")  # where the kernel tests run: compiled on a GPU, else interpreted
+needs_triton = pytest.mark.skipif(not (CPU_TRITON or GPU_TRITON),
+                                  reason="needs triton: a CUDA device, or its CPU interpreter (TRITON_INTERPRET=1)")
+
+
+def on_dev(*tensors):
+    return tuple(t.to(DEV) for t in tensors)
 
 H, G, E = 32, 16, 24  # E is not a multiple of the E tile (16)
 BLOCK_V = 128
@@ -29,7 +35,7 @@ def _torch_correction(z, s, w2, base):
 
 
 # ---- kernels vs PyTorch math ------------------------------------------------------------------
-@needs_interp
+@needs_triton
 @pytest.mark.parametrize("V", [1000, 777])
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -38,6 +44,7 @@ def test_correction_argmax_matches_torch(V, b, dtype):
     z, s = torch.randn(b, E, generator=g), torch.randn(b, E, generator=g)
     w2 = torch.randn(V, E, generator=g).to(dtype)
     base_all = torch.randn(b, 3, V, generator=g)
+    z, s, w2, base_all = on_dev(z, s, w2, base_all)
     base = base_all[:, 1]  # a strided view, as in the rollout
     tok, best = K.fused_correction_argmax(z, s, w2, base, block_v=BLOCK_V)
     ref = _torch_correction(z, s, w2, base)
@@ -46,7 +53,7 @@ def test_correction_argmax_matches_torch(V, b, dtype):
     torch.testing.assert_close(best, ref.max(-1).values, rtol=1e-5, atol=1e-5)
 
 
-@needs_interp
+@needs_triton
 def test_correction_argmax_bf16_and_dot_path():
     """bf16 W2 and base (cast after load), and b >= 16: the tl.dot path with a padded row block."""
     g = torch.Generator().manual_seed(1)
@@ -54,13 +61,14 @@ def test_correction_argmax_bf16_and_dot_path():
     z, s = torch.randn(b, E, generator=g), torch.randn(b, E, generator=g)
     w2 = torch.randn(V, E, generator=g).bfloat16()
     base = torch.randn(b, V, generator=g).bfloat16()
+    z, s, w2, base = on_dev(z, s, w2, base)
     tok, best = K.fused_correction_argmax(z, s, w2, base, block_v=BLOCK_V)
     ref = _torch_correction(z, s, w2, base)
     assert torch.equal(tok, ref.argmax(-1))
     torch.testing.assert_close(best, ref.max(-1).values, rtol=1e-5, atol=1e-5)
 
 
-@needs_interp
+@needs_triton
 @pytest.mark.parametrize("b", [1, 17])
 def test_correction_argmax_ties_resolve_like_torch(b):
     """Exact ties inside a tile and across tiles (and all -inf rows) give torch.argmax's first index."""
@@ -71,12 +79,13 @@ def test_correction_argmax_ties_resolve_like_torch(b):
     base = torch.randn(b, V)
     base[:, [700, 300, 5, 6]] = 50.0  # ties across tiles (5, 300, 700) and inside tile 0 (5, 6)
     base[-1] = float("-inf")
+    z, s, w2, base = on_dev(z, s, w2, base)
     tok, _ = K.fused_correction_argmax(z, s, w2, base, block_v=BLOCK_V)
     assert torch.equal(tok, base.argmax(-1))
     assert tok[-1] == 0 and bool((tok[:-1] == 5).all())
 
 
-@needs_interp
+@needs_triton
 @pytest.mark.parametrize("table_dtype", [torch.float32, torch.float16])
 def test_gru_cell_matches_torch(table_dtype):
     g = torch.Generator().manual_seed(3)
@@ -85,6 +94,7 @@ def test_gru_cell_matches_torch(table_dtype):
     emb = torch.randn(V, H, generator=g)
     s = torch.randn(b, Gd, generator=g)
     ids = torch.tensor([7, 41])
+    w_ih, w_hh, emb, s, ids = on_dev(w_ih, w_hh, emb, s, ids)
     table = (emb @ w_ih.T).to(table_dtype)
     gh = s @ w_hh.T
     ref = torch.gru_cell(emb[ids], s, w_ih, w_hh, None, None)
@@ -95,13 +105,14 @@ def test_gru_cell_matches_torch(table_dtype):
     torch.testing.assert_close(out2, ref, rtol=1e-5, atol=1e-5)
 
 
-@needs_interp
+@needs_triton
 def test_candidate_correction_matches_torch():
     g = torch.Generator().manual_seed(4)
     b, V, Kc = 2, 777, 5
     z, s = torch.randn(b, E, generator=g), torch.randn(b, E, generator=g)
     w2, base = torch.randn(V, E, generator=g).half(), torch.randn(b, V, generator=g)
     cand = torch.randperm(V, generator=g)[: b * Kc].view(b, Kc)
+    z, s, w2, base, cand = on_dev(z, s, w2, base, cand)
     tok, best, second, alpha = K.candidate_correction(z, s, w2, base, cand)
     ref = _torch_correction(z, s, w2, base).gather(1, cand)
     top2 = ref.topk(2, -1)
@@ -131,14 +142,14 @@ def _setup(V, b, k, P=1, w2_scale=8.0, seed=0, peaky=False):
         top = torch.randint(0, V, (b, k, 4), generator=g)
         base.scatter_(-1, top, 30.0 + 0.3 * torch.randn(b, k, 4, generator=g))
     anchor = torch.randint(0, V, (b,), generator=g)
-    return head, embed, hidden, base, anchor
+    return (head.to(DEV), embed.to(DEV), *on_dev(hidden, base, anchor))
 
 
 def _changed_vs_base(tokens, base, P):
     return int((tokens[:, P:] != base[:, P:].argmax(-1)).sum())
 
 
-@needs_interp
+@needs_triton
 @pytest.mark.parametrize("V", [1000, 777])
 @pytest.mark.parametrize("b", [1, 2])
 @pytest.mark.parametrize("w2_dtype", [torch.float32, torch.float16])
@@ -156,7 +167,7 @@ def test_fused_rollout_matches_reference(V, b, w2_dtype):
     assert _changed_vs_base(ref, base, head.arch.pure_draft_prefix_len) > 0, "the correction never mattered"
 
 
-@needs_interp
+@needs_triton
 def test_fused_rollout_prefix_len_2_and_no_host_sync(monkeypatch):
     """P = 2: the first two drafts are argmax(base) yet still feed the GRU. The loop never syncs:
     Tensor.item / bool / int / float / tolist are made to raise during the rollout."""
@@ -179,7 +190,7 @@ def test_fused_rollout_prefix_len_2_and_no_host_sync(monkeypatch):
     assert _changed_vs_base(ref, base, 2) > 0
 
 
-@needs_interp
+@needs_triton
 @pytest.mark.parametrize("bound", ["global", "per_token"])
 def test_topk_rollout_certifies(bound):
     """LM-like base logits: the top-16 certificate holds (no fallback) and the tokens are exact,
@@ -196,7 +207,7 @@ def test_topk_rollout_certifies(bound):
     assert int(fallbacks) == 0
 
 
-@needs_interp
+@needs_triton
 @pytest.mark.parametrize("V,k_cand,bound", [(777, 1, "global"), (1000, 4, "per_token"), (777, 777, "global")])
 def test_topk_rollout_fallback_is_exact(V, k_cand, bound):
     """A big correction on flat base logits: with K=1 every row falls back; K >= V never does."""
@@ -216,7 +227,7 @@ def test_topk_rollout_fallback_is_exact(V, k_cand, bound):
         assert 0 < int(fallbacks) <= n_rows
 
 
-@needs_interp
+@needs_triton
 def test_topk_rollout_exact_tie_falls_back_to_first_index():
     """Two tokens with identical W2 rows and base logits tie exactly: the certificate must refuse
     (c1 == c2) and the full pass returns the smaller id, as torch.argmax does."""
@@ -224,7 +235,7 @@ def test_topk_rollout_exact_tie_falls_back_to_first_index():
     head, embed, hidden, base, anchor = _setup(V, b, k, w2_scale=1.0, seed=3)
     with torch.no_grad():
         head.w2[600] = head.w2[10]
-    base[..., [600, 10]] = 40.0
+    base[..., [600, 10]] = 40.0  # (on DEV already)
     fused = FusedRollout(head, embed.weight, block_v=BLOCK_V)
     with torch.no_grad():
         ref, _ = reference_rollout(head, embed, hidden, base, anchor)
