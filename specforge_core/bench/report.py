@@ -74,6 +74,12 @@ def write_plots(results, directory: str) -> list[Path]:
     ax.set_xticks(x, [r.method for r in results], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="speedup vs autoregressive (median, range over repeats)", title=f"Speedup per method ({results[0].device})")
     files.append(_save(fig, out / "speedup.png"))
+
+    from .calibration import plot_reliability
+
+    fig = plot_reliability(results)  # only when some method's length policy predicted acceptance
+    if fig is not None:
+        files.append(_save(fig, out / "reliability_diagram.png"))
     return files
 
 

@@ -22,6 +22,10 @@ Counters (names as in vLLM's spec-decode metrics):
   num_accepted_tokens_per_pos per block position i, the cycles that accepted position i (only the
                               positions that are verified: ``num_speculative_tokens`` cuts them);
   accept_per_position         the same divided by num_drafts.
+
+Calibration: when a verify-length policy predicts P(first j drafts accepted) per cycle
+(``CycleStats.prefix_confidence``), ``calibration`` holds per-position ECE / AUROC / Brier of
+those predictions and their count-weighted summary (bench/calibration.py); absent otherwise.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import torch
 from ..build import Pipeline, Prompt
 from ..machine import load_average, looks_busy, machine_key
 from ..scheduler import GenerationResult
+from .calibration import calibration_from_cycles, summary_cell
 
 
 @dataclass
@@ -79,9 +84,15 @@ class BenchResult:
     verified_positions: int = 0  # positions the verifier can accept (block cut by num_speculative_tokens)
     time_split_ms: Optional[dict] = None  # mean per cycle: draft / propose / verify / accept (None: not timed)
     timing: dict = field(default_factory=dict)  # threads, load average, machine key, busy flag
+    # the length policy's confidence against acceptance: {per_position: [...], summary: {...}};
+    # None (and no JSON key) when no cycle carried a prediction
+    calibration: Optional[dict] = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["calibration"] is None:
+            del d["calibration"]
+        return d
 
 
 @dataclass
@@ -231,21 +242,27 @@ def _counters(out: BenchResult, pipe: Pipeline, results: list[GenerationResult])
     out.num_accepted_tokens, out.num_accepted_tokens_per_pos = accepted, per_pos
     out.accept_per_position = [c / n for c in per_pos]
     out.block_size, out.verified_positions = width, verified
+    out.calibration = calibration_from_cycles(cycles)
     if cycles and all(c.timed for c in cycles):
         out.time_split_ms = {k: 1000 * sum(getattr(c, f"{k}_s") for c in cycles) / n
                              for k in ("draft", "propose", "verify", "accept")}
 
 
 def markdown_table(results: list[BenchResult]) -> str:
-    head = ("| method | T | tau | speedup [range over repeats] | tok/s | AR tok/s | lossless | prompts x repeats | device |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
+    """One row per method; a last column ``confidence ECE / AUROC / Brier`` only when some method's
+    length policy predicted acceptance (its count-weighted summary over positions)."""
+    calibrated = any(r.calibration for r in results)
+    head = ("| method | T | tau | speedup [range over repeats] | tok/s | AR tok/s | lossless | prompts x repeats | device |"
+            + (" confidence ECE / AUROC / Brier |" if calibrated else "") + "\n"
+            + "|---|---|---|---|---|---|---|---|---|" + ("---|" if calibrated else "") + "\n")
     rows = []
     for r in results:
         lossless = {True: "yes", False: "**NO**", None: "n/a (T>0)" if r.temperature > 0 else "not checked"}[r.lossless]
         tau = "-" if r.tau is None else f"{r.tau:.2f}"
         lo, hi = r.speedup_range
         rows.append(f"| {r.method} | {r.temperature:g} | {tau} | {r.speedup:.2f}x [{lo:.2f}-{hi:.2f}] | "
-                    f"{r.tokens_per_s:.1f} | {r.ar_tokens_per_s:.1f} | {lossless} | {r.n_prompts} x {r.repeats} | {r.device} |")
+                    f"{r.tokens_per_s:.1f} | {r.ar_tokens_per_s:.1f} | {lossless} | {r.n_prompts} x {r.repeats} | {r.device} |"
+                    + (f" {summary_cell(r.calibration)} |" if calibrated else ""))
     return head + "\n".join(rows)
 
 
