@@ -267,14 +267,16 @@ def build_pipeline(resolved: ResolvedRecipe, registry=None, target: Optional[Tar
     if resolved.corrector_cls is not None:
         corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=_ckpt(cfg.corrector.checkpoint, resolved))
     verifier = resolved.verifier_cls(resolved.verifier_options)
+    length_policy = resolved.length_cls(resolved.length_options) if resolved.length_cls is not None else None
     target = target if target is not None else load_target(cfg.target, registry)
     if corrector is not None:
         corrector.compatible_with(drafter)  # before bind: a corrector may take its weights from the drafter's checkpoint
-    for comp in (drafter, corrector, verifier):
+    for comp in (drafter, corrector, verifier, length_policy):
         if comp is not None:
             comp.bind(target)  # loads weights, borrows embeddings, checks shapes
     return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector,
-                                                           cfg.drafter.num_speculative_tokens, profile=profile))
+                                                           cfg.drafter.num_speculative_tokens, profile=profile,
+                                                           length_policy=length_policy))
 
 
 def drafter_block_size(recipe_value: Optional[int], drafter_cls: type, checkpoint: Optional[str]) -> "tuple[int, str]":

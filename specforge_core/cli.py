@@ -313,6 +313,10 @@ def plan_text(resolved) -> str:
             extra += f", checkpoint {ckpt}"
         lines.append(f"{kind}: {cfg[kind].name} ({cls.__module__}.{cls.__qualname__}{extra}) "
                      f"options {getattr(resolved, f'{kind}_options')}")
+    if resolved.length_cls is not None:
+        cls = resolved.length_cls
+        lines.append(f"verify length: {cfg.verifier.length} ({cls.__module__}.{cls.__qualname__}) "
+                     f"options {resolved.length_options}")
     s = cfg.sampling
     lines.append(f"sampling: temperature {s.temperature}, top_k {s.top_k}, top_p {s.top_p}, seed {s.seed}")
     lines.append(f"generation: max_new_tokens {cfg.generation.max_new_tokens}")

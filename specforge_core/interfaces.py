@@ -2,7 +2,8 @@
 
 Plugins are written against this file only. The scheduler (``scheduler.py``) drives them:
 
-    target prefill -> drafter.draft -> corrector.correct (optional) -> verifier.propose
+    target prefill -> drafter.draft -> length_policy.choose (how many drafts to verify)
+    -> corrector.correct (optional) -> verifier.propose
     -> one target forward over the candidates -> verifier.accept -> commit -> repeat
 
 Shape letters: ``b`` batch, ``k`` drafted positions in a block, ``n`` candidate nodes to
@@ -334,3 +335,43 @@ class Verifier(Component):
     @abc.abstractmethod
     def accept(self, candidates: Candidates, target_logits: Tensor, sampler: "Sampler") -> Accepted:
         """``target_logits [b, n + 1, V]``: row 0 is the anchor's, row ``j + 1`` node ``j``'s."""
+
+
+@dataclass
+class LengthChoice:
+    """What a ``LengthPolicy`` decided for one block."""
+
+    num_drafts: int  # drafts to verify, 0 .. limit (0 = a plain decode step: the anchor row only)
+    # predicted P(the first j drafts are all accepted), j = 1 .. (positions it estimated), host floats;
+    # None when the policy has no estimates. The bench compares them with what verification accepted.
+    prefix_confidence: Optional[Sequence[float]] = None
+
+
+class LengthPolicy(Component):
+    """How many of a block's drafts the target verifies this cycle (``verifier.length``).
+
+    The lossless rule (speculative sampling with a draft-length that varies): at T > 0 the choice
+    may depend on anything *except the tokens sampled from the block* - the drafter's hidden
+    states, its base logits, the request's history, the clock. Then, for every position, the
+    decision to verify it is independent of the draft token drawn there, so conditioned on the
+    decision that token is still distributed as q and accept / residual sampling yields p
+    (Leviathan et al. 2023, Theorem 1, applied per position). The engine enforces this by
+    calling ``choose`` *before* the block is realised (sampled / corrected): a parallel drafter's
+    block then holds no sampled tokens. A sequential drafter's block already carries sampled
+    tokens (``block.tokens`` with ``block.probs``); a policy must not read them at T > 0
+    (``greedy`` says which). At T = 0 verification is deterministic and any choice is lossless.
+    """
+
+    kind = "length_policy"
+
+    def __init__(self, options: Any = None):
+        self.options = options
+
+    def reset(self) -> None:
+        """A new request starts (per-request statistics, if any)."""
+
+    @abc.abstractmethod
+    def choose(self, block: DraftBlock, limit: int, greedy: bool, draft_s: float) -> LengthChoice:
+        """``block`` as drafted (before realisation); ``limit`` drafts at most (budget and
+        ``drafter.num_speculative_tokens``); ``greedy``: T = 0; ``draft_s``: this cycle's drafter
+        wall time (a host stamp: exact on CPU, launch time only on an unprofiled GPU)."""

@@ -68,6 +68,10 @@ class CorrectorSection:
 class VerifierSection:
     name: str = "chain"
     options: Dict[str, Any] = field(default_factory=dict)
+    # how many of each block's drafts to verify: a length_policy plugin ("fixed": all of them, up to
+    # drafter.num_speculative_tokens; "confidence": the expected-tokens-per-second optimum)
+    length: str = "fixed"
+    length_options: Dict[str, Any] = field(default_factory=dict)  # validated against the policy's Options
 
 
 @dataclass
@@ -176,6 +180,8 @@ class ResolvedRecipe:
     corrector_options: Any = None
     verifier_cls: Optional[type] = None
     verifier_options: Any = None
+    length_cls: Optional[type] = None
+    length_options: Any = None
 
     @property
     def method(self) -> str:
@@ -183,6 +189,8 @@ class ResolvedRecipe:
         if self.cfg.corrector.name != "none":
             parts.append(self.cfg.corrector.name)
         parts.append(self.cfg.verifier.name)
+        if self.cfg.verifier.length != "fixed":
+            parts.append(self.cfg.verifier.length)
         return "+".join(parts)
 
 
@@ -250,8 +258,8 @@ def _schema_error(e: OmegaConfBaseException, where: str) -> RecipeError:
     return RecipeError(f"{where}: bad value for '{key}': {msg}")
 
 
-def validate_options(kind: str, plugin: str, options_cls: type, user: Any) -> Any:
-    """Merge the recipe's ``{kind}.options`` into the plugin's Options dataclass."""
+def validate_options(kind: str, plugin: str, options_cls: type, user: Any, where: Optional[str] = None) -> Any:
+    """Merge the recipe's ``{kind}.options`` (or the section ``where``) into the plugin's Options dataclass."""
     try:
         schema = OmegaConf.structured(options_cls)
         merged = OmegaConf.merge(schema, user or {})
@@ -262,7 +270,7 @@ def validate_options(kind: str, plugin: str, options_cls: type, user: Any) -> An
         msg = str(e).split("\n")[0]
         what = "unknown key" if "not in" in msg else f"bad value ({msg}) for"
         return _raise(RecipeError(
-            f"{what} '{kind}.options.{key}' for {kind} '{plugin}'; allowed: {', '.join(allowed) or '(no options)'}"
+            f"{what} '{where or kind + '.options'}.{key}' for {kind} '{plugin}'; allowed: {', '.join(allowed) or '(no options)'}"
             f" (if {kind}.name was changed by an override, the recipe's {kind}.options may belong to the old one)"
         ))
 
@@ -326,6 +334,13 @@ def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
             continue
         setattr(resolved, f"{kind}_cls", reg.cls)
         setattr(resolved, f"{kind}_options", opts)
+    try:  # the verify-length policy: its own plugin kind, named by verifier.length
+        reg = registry.get("length_policy", cfg.verifier.length, key="verifier.length")
+        resolved.length_options = validate_options("length_policy", cfg.verifier.length, reg.cls.Options,
+                                                   cfg.verifier.length_options, where="verifier.length_options")
+        resolved.length_cls = reg.cls
+    except RecipeError as e:
+        problems.append(str(e))
     if problems:
         raise RecipeError("; ".join(problems))
     if resolved.corrector_cls is not None and not getattr(resolved.drafter_cls, "parallel", False):

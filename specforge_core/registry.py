@@ -16,9 +16,9 @@ import pluggy
 
 from . import hookspecs
 from .errors import RecipeError, RegistryError
-from .interfaces import Component, Corrector, Drafter, Verifier
+from .interfaces import Component, Corrector, Drafter, LengthPolicy, Verifier
 
-KINDS = {"drafter": Drafter, "corrector": Corrector, "verifier": Verifier}
+KINDS = {"drafter": Drafter, "corrector": Corrector, "verifier": Verifier, "length_policy": LengthPolicy}
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,8 @@ class Registry:
         kind = getattr(cls, "kind", None)
         if kind not in KINDS or not (isinstance(cls, type) and issubclass(cls, KINDS[kind])):
             raise RegistryError(
-                f"{distribution}: {cls!r} registered as '{name}' is not a Drafter, Corrector or "
-                "Verifier subclass (specforge_core.interfaces)"
+                f"{distribution}: {cls!r} registered as '{name}' is not a Drafter, Corrector, "
+                "Verifier or LengthPolicy subclass (specforge_core.interfaces)"
             )
         if kind == "corrector" and name == "none":
             raise RegistryError(f"{distribution}: 'none' is reserved (no corrector)")
@@ -113,13 +113,14 @@ class Registry:
     def names(self, kind: str) -> list[str]:
         return sorted(n for k, n in self._components if k == kind)
 
-    def get(self, kind: str, name: str) -> Registration:
+    def get(self, kind: str, name: str, key: Optional[str] = None) -> Registration:
+        """``key``: the recipe key that named it, for the error (default ``{kind}.name``)."""
         try:
             return self._components[(kind, name)]
         except KeyError:
             allowed = self.names(kind) + (["none"] if kind == "corrector" else [])
             raise RecipeError(
-                f"unknown {kind} '{name}' ({kind}.name); installed: {', '.join(allowed) or '(none)'}"
+                f"unknown {kind} '{name}' ({key or kind + '.name'}); installed: {', '.join(allowed) or '(none)'}"
             ) from None
 
     def all(self) -> list[Registration]:

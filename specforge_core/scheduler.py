@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import InputError
-from .interfaces import Corrector, DraftBlock, DraftContext, Drafter, Verifier
+from .interfaces import Corrector, DraftBlock, DraftContext, Drafter, LengthPolicy, Verifier
 from .sampling import Sampler, SamplingParams
 from .target import TargetModel
 
@@ -34,6 +34,8 @@ class CycleStats:
     accept_s: float = 0.0  # verifier.accept + KV-cache trim + drafter.commit + reading the result
     timed: bool = False
     num_positions: int = 0  # block positions the verifier could accept (the block after the cut; tree: its depth)
+    # the length policy's predicted P(first j drafts accepted) for the verified positions j = 1 .. num_positions
+    prefix_confidence: Optional[tuple] = None
 
 
 @dataclass
@@ -77,11 +79,13 @@ def _stamp(device: torch.device, profile: bool) -> float:
 class SpeculativeGenerator:
     def __init__(self, target: TargetModel, drafter: Drafter, verifier: Verifier,
                  corrector: Optional[Corrector] = None, num_speculative_tokens: Optional[int] = None,
-                 profile: bool = False):
+                 profile: bool = False, length_policy: Optional[LengthPolicy] = None):
         self.target, self.drafter, self.verifier, self.corrector = target, drafter, verifier, corrector
         # drafts verified per cycle at most (the block is drafted whole, then cut): fewer rows
         # per verify forward when the target's cost grows faster than acceptance
         self.num_speculative_tokens = num_speculative_tokens
+        # picks how many of the (capped) drafts to verify, per cycle; None = all of them
+        self.length_policy = length_policy
         self.profile = profile  # per-stage times on a GPU (costs a device sync per stage)
         if corrector is not None:
             corrector.compatible_with(drafter)
@@ -107,6 +111,8 @@ class SpeculativeGenerator:
         sampler = Sampler(sampling, device)
         stop = set(int(s) for s in stop_token_ids)
         drafter.reset()
+        if self.length_policy is not None:
+            self.length_policy.reset()
         t_start = time.perf_counter()
 
         # prefill: the first new token comes from the prompt's last logits
@@ -125,6 +131,16 @@ class SpeculativeGenerator:
             t0 = time.perf_counter()
             block = drafter.draft(DraftContext(tokens=tokens, max_draft=budget, sampler=sampler))
             keep = budget if self.num_speculative_tokens is None else min(budget, self.num_speculative_tokens)
+            keep = min(keep, block.num_tokens)
+            confidence = None
+            if self.length_policy is not None:  # before realisation: lossless rule in interfaces.LengthPolicy
+                choice = self.length_policy.choose(block, keep, sampler.greedy, time.perf_counter() - t0)
+                if not 0 <= choice.num_drafts <= keep:
+                    raise ValueError(f"length policy {type(self.length_policy).__name__} chose "
+                                     f"{choice.num_drafts} drafts; allowed 0..{keep}")
+                keep = choice.num_drafts
+                if choice.prefix_confidence is not None:
+                    confidence = tuple(float(c) for c in choice.prefix_confidence[:keep])
             if block.num_tokens > keep:
                 block = block.truncate(keep)
             t1 = _stamp(device, profile)
@@ -156,7 +172,7 @@ class SpeculativeGenerator:
             tokens = torch.cat([tokens, accepted.tokens[:, : len(committed)]], 1)
             t4 = _stamp(device, profile)
             result.cycles.append(CycleStats(candidates.num_nodes, a, t1 - t0, t2 - t1, t3 - t2, t4 - t3, timed,
-                                            block.num_tokens))
+                                            block.num_tokens, confidence))
 
         result.wall_s = _stamp(device, True) - t_start
         return result

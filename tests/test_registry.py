@@ -105,7 +105,7 @@ def test_builtins_are_registered_through_entry_points():
     assert issubclass(ngram.cls, Drafter) and issubclass(chain.cls, Verifier)
     assert ngram.description and chain.description  # from the class docstring
     kinds = [r.kind for r in reg.all()]
-    assert kinds == sorted(kinds, key=["drafter", "corrector", "verifier"].index)
+    assert kinds == sorted(kinds, key=["drafter", "corrector", "verifier", "length_policy"].index)
 
 
 def test_no_entry_points_means_no_components():
@@ -236,7 +236,7 @@ def _a_function():
 @pytest.mark.parametrize("obj", [_NotAComponent, _PlainClass, _a_function, object()])
 def test_registering_a_non_component_is_an_error(obj):
     reg = Registry(load_entrypoints=False)
-    with pytest.raises(RegistryError, match="not a Drafter, Corrector or Verifier") as e:
+    with pytest.raises(RegistryError, match="not a Drafter, Corrector, Verifier or LengthPolicy") as e:
         reg.register_plugin(_module_registering((obj, "bad")), distribution="sf-bad 9")
     assert "sf-bad 9" in str(e.value)
 

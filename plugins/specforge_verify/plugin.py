@@ -1,6 +1,7 @@
 from specforge_core import hookimpl
 
 from .chain import ChainVerifier
+from .length import FixedLength
 from .tree import TreeVerifier
 
 
@@ -8,3 +9,4 @@ from .tree import TreeVerifier
 def specforge_register(registry):
     registry.add(ChainVerifier, name="chain")
     registry.add(TreeVerifier, name="tree")
+    registry.add(FixedLength, name="fixed")
