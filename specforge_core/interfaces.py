@@ -367,8 +367,33 @@ class LengthPolicy(Component):
     def __init__(self, options: Any = None):
         self.options = options
 
-    def reset(self) -> None:
-        """A new request starts (per-request statistics, if any)."""
+    def reset(self, max_drafts: int) -> None:
+        """A new request starts, with at most ``max_drafts`` drafts per block. Called before the
+        prefill: the only moment a policy may run the target itself (e.g. to measure its cost)."""
+
+    # ---- training (optional; ``specforge train`` with ``training.component: length_policy``) ------
+    # The engine's own decoding collects the data: while ``collecting`` is on, the policy keeps
+    # what it needs from each block it is shown and lets every draft be verified; ``examples``
+    # pairs that with the cycles' outcomes. specforge_core/training/length_policy.py drives it.
+    def training_module(self) -> "torch.nn.Module":
+        raise NotImplementedError(f"length policy {type(self).__name__} has nothing to train")
+
+    def collecting(self, on: bool) -> None:
+        raise NotImplementedError(f"length policy {type(self).__name__} has nothing to train")
+
+    def examples(self, cycles: Sequence[Any]) -> list:
+        """The examples collected since ``collecting(True)``, one per cycle, paired with
+        ``cycles`` (the ``CycleStats`` of the same generation, in order); clears the buffer."""
+        raise NotImplementedError
+
+    def training_loss(self, examples: list) -> dict:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory) -> None:
+        raise NotImplementedError
+
+    def load_weights(self, directory) -> None:
+        raise NotImplementedError
 
     @abc.abstractmethod
     def choose(self, block: DraftBlock, limit: int, greedy: bool, draft_s: float) -> LengthChoice:

@@ -127,7 +127,9 @@ class TrainDataSection:
 class TrainingSection:
     output_dir: str = "runs/train"  # checkpoints/, final/, metrics.jsonl; a rerun resumes from here
     data: TrainDataSection = field(default_factory=TrainDataSection)
-    component: str = "drafter"  # what to train: drafter | corrector (head alone, frozen drafter) | both
+    # what to train: drafter | corrector (head alone, frozen drafter) | both | length_policy (the
+    # verifier.length policy, e.g. the confidence head, on the engine's own decoding; frozen drafter + corrector)
+    component: str = "drafter"
     lambda_base_start: float = 1.0  # corrector curriculum: L = (1-l) L_final + l L_base, l: start -> 0
     lambda_base_decay_ratio: float = 1.0  # ... linearly over this fraction of the steps
     features: str = "online"  # target context features: online (same step) | offline (cached to disk once)
@@ -384,8 +386,8 @@ def _check_values(cfg: DictConfig, where: str) -> None:
             bad(f"training.{key}", f"must be >= 1 (got {tr[key]})")
     if tr.lr <= 0 or not 0 <= tr.warmup_ratio < 1 or tr.gamma <= 0:
         bad("training", f"needs lr > 0, 0 <= warmup_ratio < 1, gamma > 0 (got {tr.lr}, {tr.warmup_ratio}, {tr.gamma})")
-    if tr.component not in ("drafter", "corrector", "both"):
-        bad("training.component", f"must be drafter, corrector or both (got '{tr.component}')")
+    if tr.component not in ("drafter", "corrector", "both", "length_policy"):
+        bad("training.component", f"must be drafter, corrector, both or length_policy (got '{tr.component}')")
     if tr.features not in ("online", "offline"):
         bad("training.features", f"must be online or offline (got '{tr.features}')")
     if tr.parallelism not in ("ddp", "fsdp"):

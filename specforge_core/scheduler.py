@@ -111,8 +111,9 @@ class SpeculativeGenerator:
         sampler = Sampler(sampling, device)
         stop = set(int(s) for s in stop_token_ids)
         drafter.reset()
-        if self.length_policy is not None:
-            self.length_policy.reset()
+        if self.length_policy is not None:  # before the prefill: the policy may time the target now
+            cap = drafter.block_size if self.num_speculative_tokens is None else self.num_speculative_tokens
+            self.length_policy.reset(max(0, min(cap, max_new_tokens - 1)))
         t_start = time.perf_counter()
 
         # prefill: the first new token comes from the prompt's last logits

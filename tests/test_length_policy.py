@@ -106,6 +106,18 @@ def test_greedy_identical_and_the_length_varies(verifier, corrector):
     assert all(len(c.prefix_confidence) == c.num_positions for c in predicted)
 
 
+def test_measuring_the_cost_curve_leaves_the_request_intact(tmp_path, monkeypatch):
+    """The curve is measured (the target runs on random rows) before the prefill, never between
+    cycles, where it would overwrite the request's KV cache."""
+    monkeypatch.setenv("SPECFORGE_CACHE", str(tmp_path))
+    pipe = build_pipeline(load_recipe(None, [], base=BASE))
+    assert pipe.generator.length_policy.curve is None
+    prompt = torch.tensor([[98, 108, 117, 101, 32, 99, 97, 116]])
+    res = pipe.generator.generate(prompt, 24, SamplingParams(temperature=0.0))
+    assert pipe.generator.length_policy.curve is not None
+    assert res.tokens == pipe.target.greedy_reference(prompt, 24)[0].tolist()
+
+
 def _law_policy():
     # one more row costs a fifth of a decode step: with the law drafter's q (max ~0.4-0.7) the choice
     # moves between 0, 1 and 2 drafts from block to block
@@ -162,7 +174,7 @@ def test_law_rejects_a_length_that_depends_on_the_sampled_drafts():
 
 
 def test_fallbacks_say_so(caplog):
-    pipe = build_pipeline(load_recipe(None, ["drafter.name=ngram", "drafter.options={}"], base=BASE))
+    pipe = build_pipeline(load_recipe(None, [], base={**BASE, "drafter": {"name": "ngram", "block_size": 4}}))
     with caplog.at_level(logging.WARNING, logger="specforge.confidence"):
         res = pipe.generator.generate(torch.tensor([[1, 2, 3, 1, 2, 3, 1, 2]]), 12)
     assert any("gives no probabilities" in r.message for r in caplog.records)

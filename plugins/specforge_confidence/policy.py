@@ -32,7 +32,7 @@ from specforge_core.errors import IncompatibleError, RecipeError
 from specforge_core.interfaces import DraftBlock, LengthChoice, LengthPolicy
 from specforge_core.verify_cost import interp, verify_cost_curve
 
-from .head import ConfidenceHead, load_head
+from .head import ConfidenceHead, load_head, save_head
 
 log = logging.getLogger("specforge.confidence")
 ESTIMATORS = ("auto", "head", "draft_probs")
@@ -51,6 +51,8 @@ class ConfidenceOptions:
                               f"got '{self.estimator}'")
         if self.estimator == "head" and not self.head:
             raise RecipeError("verifier.length_options.estimator=head needs verifier.length_options.head (a directory)")
+        if self.head:  # read now (a small file): a bad directory is a recipe error before any model loads
+            load_head(self.head)
         if self.draft_ms is not None and self.draft_ms < 0:
             raise RecipeError(f"verifier.length_options.draft_ms must be >= 0 or null, got {self.draft_ms}")
 
@@ -67,8 +69,8 @@ class ConfidencePolicy(LengthPolicy):
         self.curve: Optional[dict] = None
         self._draft_s: Optional[float] = None
         self._warned: set = set()
-        # training data collection (training/length_policy.py): per choose() call, the block's
-        # hidden states [limit, d] and the number of drafts verified; None = not recording
+        # training data (specforge_core/training/length_policy.py): per choose() call, the block's
+        # hidden states [limit, d]; None = not collecting
         self.recording: Optional[list] = None
 
     def bind(self, target) -> None:
@@ -79,6 +81,12 @@ class ConfidencePolicy(LengthPolicy):
                 f"the drafter's blocks have {target.hidden_size} (the target's)")
         if self.head is not None:
             self.head.to(target.device).eval()
+
+    def reset(self, max_drafts: int) -> None:
+        # the cost curve is measured here, never inside choose(): timing runs the target, which
+        # would overwrite the request's KV cache in the middle of a generation
+        if self.options.schedule and self.recording is None:
+            self._curve(max_drafts + 1)
 
     def _say_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
@@ -110,8 +118,12 @@ class ConfidencePolicy(LengthPolicy):
 
     # ---- the choice -------------------------------------------------------------------------
     def choose(self, block: DraftBlock, limit: int, greedy: bool, draft_s: float) -> LengthChoice:
-        if self.recording is not None and block.hidden is not None:
-            self.recording.append((block.hidden[0, :limit].detach().float().cpu(), limit))
+        if self.recording is not None:  # collecting training data: every draft is verified, so every position gets a label
+            if block.hidden is None:
+                raise IncompatibleError("training the confidence head needs a drafter whose blocks carry hidden "
+                                        "states (a parallel drafter: dflash, dflare)")
+            self.recording.append(block.hidden[0, :limit].detach().float().cpu())
+            return LengthChoice(limit)
         if limit <= 0:
             return LengthChoice(0)
         c = self.step_confidence(block, limit, greedy)
@@ -121,7 +133,7 @@ class ConfidencePolicy(LengthPolicy):
         if not self.options.schedule:
             return LengthChoice(limit, prefix)
         t_draft = self._draft_time(draft_s)
-        curve = self._curve(block.num_tokens + 1)
+        curve = self.curve  # measured in reset() for this request's largest block
         best_n, best_rate, expected = 0, 1.0 / (interp(curve, 1) + t_draft), 1.0
         for n in range(1, limit + 1):
             expected += prefix[n - 1]
@@ -139,5 +151,47 @@ class ConfidencePolicy(LengthPolicy):
 
     def _curve(self, rows: int) -> dict:
         if self.curve is None or max(self.curve) < rows:
-            self.curve = verify_cost_curve(self.target, rows)
+            self.curve = verify_cost_curve(self.target, max(rows, 2))
         return self.curve
+
+    # ---- training (DSpark's confidence head: BCE on the conditional acceptance of each position) ------
+    def training_module(self) -> torch.nn.Module:
+        if self.head is None:
+            self.head = ConfidenceHead(self.target.hidden_size).to(self.target.device)
+        return self.head
+
+    def collecting(self, on: bool) -> None:
+        self.recording = [] if on else None
+
+    def examples(self, cycles) -> list:
+        """One example per cycle: the block's hidden states ``[n, d]`` (n = drafts verified) and
+        how many of them were accepted."""
+        recorded, self.recording = self.recording, []
+        if len(recorded) != len(cycles):
+            raise RuntimeError(f"confidence head data: {len(recorded)} blocks recorded for {len(cycles)} cycles")
+        return [{"hidden": h[: c.num_positions], "accepted": int(c.num_accepted)}
+                for h, c in zip(recorded, cycles) if c.num_positions > 0]
+
+    def training_loss(self, examples: list) -> dict:
+        """BCE of sigmoid(head(h_j)) against 1{draft j accepted}, on the positions whose prefix was
+        accepted up to j - 1 (c_j is conditional on it): j = 1 .. min(accepted + 1, verified) - the
+        labels the reference's prefix-acceptance mask implies for a conditional head."""
+        head = self.training_module()
+        dev = head.proj.weight.device
+        hidden, labels = [], []
+        for ex in examples:
+            n = min(ex["accepted"] + 1, ex["hidden"].shape[0])
+            hidden.append(ex["hidden"][:n])
+            labels.append((torch.arange(n) < ex["accepted"]).float())
+        hidden, labels = torch.cat(hidden).to(dev), torch.cat(labels).to(dev)  # [N, d], [N]
+        logits = head(hidden.to(head.proj.weight.dtype)).float()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        acc = ((logits > 0).float() == labels).float().mean()
+        return {"loss": loss, "accuracy": acc.detach(), "positive_rate": labels.mean()}
+
+    def save_pretrained(self, directory) -> None:
+        save_head(self.training_module(), directory)
+
+    def load_weights(self, directory) -> None:
+        loaded = load_head(directory)
+        self.training_module().load_state_dict(loaded.state_dict())

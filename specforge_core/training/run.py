@@ -58,6 +58,10 @@ def build_for_training(resolved: ResolvedRecipe, target):
 def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dict:
     cfg = resolved.cfg
     tr = cfg.training
+    if tr.component == "length_policy":  # the verify-length policy (e.g. a confidence head), frozen drafter
+        from .length_policy import train_length_policy
+
+        return train_length_policy(resolved, registry, progress)
     if tr.component != "drafter" and cfg.corrector.name == "none":
         raise RecipeError(f"training.component is '{tr.component}' but the recipe has no corrector (corrector.name=none)")
     if tr.data.prompts is None:
