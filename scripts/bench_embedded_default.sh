@@ -4,7 +4,7 @@
 # prompt, 3 repeats after a warm-up; the speedup is the median over prompts of AR time / method
 # time, with its range over the repeats. Run it on a quiet machine (nothing else using the CPU):
 # every bench says in its output when the load average was above the threads it used.
-#   bash scripts/bench_embedded_default.sh [all|quickstart|methods|baselines|t08|smoke]   (default: all)
+#   bash scripts/bench_embedded_default.sh [all|quickstart|methods|baselines|t08|confidence|smoke]   (default: all)
 # About 45 minutes for `all` on 2 CPU cores. Tables: docs/results/tables.md (python scripts/results_table.py FILE.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,20 @@ if [[ $what == all || $what == methods ]]; then
     --variant "$DFLARE $FULL $TREE" \
     --variant "drafter.name=ngram drafter.checkpoint=null corrector.name=none" \
     --json $OUT/smollm2_t0.json --plots $OUT/smollm2_t0
+fi
+
+if [[ $what == all || $what == confidence ]]; then
+  # issue 15: fixed verify lengths vs the confidence-scheduled one, same drafter (DFlash + Domino), one process.
+  # The head: specforge train recipes/train_confidence_smollm2.yaml (checkpoints/smollm2-confidence-head).
+  # `schedule=false` verifies whole blocks but records the head's predictions: the calibration of every position.
+  HEAD="verifier.length=confidence verifier.length_options.head=checkpoints/smollm2-confidence-head"
+  run specforge bench recipes/quickstart.yaml bench.prompt_lookup_num_tokens=0 --no-progress \
+    --variant "drafter.num_speculative_tokens=1" \
+    --variant "drafter.num_speculative_tokens=3" \
+    --variant "$FULL verifier.length=confidence verifier.length_options.estimator=draft_probs" \
+    --variant "$FULL $HEAD" \
+    --variant "$FULL $HEAD verifier.length_options.schedule=false" \
+    --json $OUT/smollm2_confidence.json --plots $OUT/smollm2_confidence
 fi
 
 if [[ $what == all || $what == quickstart ]]; then

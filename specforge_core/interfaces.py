@@ -371,6 +371,10 @@ class LengthPolicy(Component):
         """A new request starts, with at most ``max_drafts`` drafts per block. Called before the
         prefill: the only moment a policy may run the target itself (e.g. to measure its cost)."""
 
+    def observe(self, cycle: Any) -> None:
+        """After each cycle: its ``scheduler.CycleStats`` (drafts verified and accepted, stage times),
+        e.g. to learn how the corrector's time grows with the drafts verified."""
+
     # ---- training (optional; ``specforge train`` with ``training.component: length_policy``) ------
     # The engine's own decoding collects the data: while ``collecting`` is on, the policy keeps
     # what it needs from each block it is shown and lets every draft be verified; ``examples``

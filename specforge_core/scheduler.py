@@ -174,6 +174,8 @@ class SpeculativeGenerator:
             t4 = _stamp(device, profile)
             result.cycles.append(CycleStats(candidates.num_nodes, a, t1 - t0, t2 - t1, t3 - t2, t4 - t3, timed,
                                             block.num_tokens, confidence))
+            if self.length_policy is not None:
+                self.length_policy.observe(result.cycles[-1])
 
         result.wall_s = _stamp(device, True) - t_start
         return result

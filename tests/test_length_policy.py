@@ -77,6 +77,18 @@ def test_head_estimates_and_draft_time():
     assert p.choose(block, 3, False, draft_s=50.0).num_drafts == 3
 
 
+def test_the_correctors_time_per_draft_is_learned_from_the_cycles():
+    from specforge_core.scheduler import CycleStats
+
+    p = ConfidencePolicy(ConfidenceOptions())
+    p.curve = {1: 1.0, 8: 1.0}  # rows cost nothing extra: only the per-draft rollout time can hold n back
+    block = block_with_confidence([0.5, 0.5, 0.5])
+    assert p.choose(block, 3, True, draft_s=0.0).num_drafts == 3
+    for _ in range(30):  # a corrector taking 2 s per verified draft
+        p.observe(CycleStats(num_drafted=3, num_accepted=1, propose_s=6.0, timed=True, num_positions=3))
+    assert p.choose(block, 3, True, draft_s=0.0).num_drafts == 0
+
+
 # ---- lossless ----------------------------------------------------------------------------------
 BASE = {"target": {"config": tiny_qwen3_config(vocab=260), "init_seed": 3, "tokenizer": "bytes", "device": "cpu",
                    "num_threads": 1},

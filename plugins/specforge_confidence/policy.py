@@ -8,10 +8,11 @@ Per block, estimates c_j = P(draft j accepted | drafts < j accepted) for j = 1..
   ``max_v softmax(base_logits_j)`` - what the realised token's q is at T=0 for a parallel drafter.
 
 The prefix acceptance is ``P_j = prod_{i<=j} c_i``; verifying n drafts commits ``1 + sum_{j<=n} P_j``
-tokens in expectation (the bonus token always) and costs ``t_verify(n + 1) + t_draft``, with
-``t_verify`` the target's measured verify-cost curve (specforge_core.verify_cost: cached per machine,
-model, dtype, threads; re-measured when stale) and ``t_draft`` the drafter's time per cycle (a running
-mean of what the engine measured). The policy keeps ``n* = argmax_{0 <= n <= limit}`` of the ratio;
+tokens in expectation (the bonus token always) and costs ``t_verify(n + 1) + t_draft + n t_propose``,
+with ``t_verify`` the target's measured verify-cost curve (specforge_core.verify_cost: cached per machine,
+model, dtype, threads; re-measured when stale), ``t_draft`` the drafter's time per cycle and ``t_propose``
+the time per verified draft of what follows the cut (a corrector's rollout, sampling, building the
+candidates): running means of what the engine measured. The policy keeps ``n* = argmax_{0 <= n <= limit}`` of the ratio;
 n = 0 is a plain decode step.
 
 Lossless: both estimates read the block before it is realised - hidden states and base logits,
@@ -68,6 +69,7 @@ class ConfidencePolicy(LengthPolicy):
         self.target = None
         self.curve: Optional[dict] = None
         self._draft_s: Optional[float] = None
+        self._propose_s_per_draft = 0.0  # running mean of CycleStats.propose_s / drafts verified
         self._warned: set = set()
         # training data (specforge_core/training/length_policy.py): per choose() call, the block's
         # hidden states [limit, d]; None = not collecting
@@ -132,15 +134,20 @@ class ConfidencePolicy(LengthPolicy):
         prefix = torch.cumprod(c, 0).tolist()  # [limit], P(first j accepted); the policy's one host read
         if not self.options.schedule:
             return LengthChoice(limit, prefix)
-        t_draft = self._draft_time(draft_s)
+        t_draft, t_propose = self._draft_time(draft_s), self._propose_s_per_draft
         curve = self.curve  # measured in reset() for this request's largest block
         best_n, best_rate, expected = 0, 1.0 / (interp(curve, 1) + t_draft), 1.0
         for n in range(1, limit + 1):
             expected += prefix[n - 1]
-            rate = expected / (interp(curve, n + 1) + t_draft)
+            rate = expected / (interp(curve, n + 1) + t_draft + n * t_propose)
             if rate > best_rate:
                 best_n, best_rate = n, rate
         return LengthChoice(best_n, prefix)
+
+    def observe(self, cycle) -> None:
+        if cycle.timed and cycle.num_positions > 0 and self.options.draft_ms is None:
+            per_draft = cycle.propose_s / cycle.num_positions
+            self._propose_s_per_draft = 0.8 * self._propose_s_per_draft + 0.2 * per_draft
 
     def _draft_time(self, draft_s: float) -> float:
         if self.options.draft_ms is not None:
