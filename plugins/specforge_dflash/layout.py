@@ -16,8 +16,9 @@ from specforge_core.errors import IncompatibleError, ModelLoadError
 
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
 
-# key prefixes of correctors stored in the same checkpoint (published Domino layout)
-CORRECTOR_PREFIXES = ("prefix_gru.", "embed_proj.", "logit_head.")
+# key prefixes of correctors stored in the same checkpoint (published Domino layout; DSpark's
+# Markov head, as specforge train stores it next to the drafter)
+CORRECTOR_PREFIXES = ("prefix_gru.", "embed_proj.", "logit_head.", "markov_head.")
 
 # config.json fields DraftArch owns; everything else is carried through untouched
 _OWN = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
