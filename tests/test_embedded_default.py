@@ -57,6 +57,25 @@ def test_training_prompts_are_disjoint_from_benchmark_prompts():
     assert not overlap, overlap
 
 
+def test_confidence_calibration_prompts_are_new_text_for_the_drafter():
+    """recipes/data/smollm2_calibration.jsonl (the confidence head's data) shares no topic with the
+    drafter's training prompts and no 8-gram with the benchmarks."""
+    import sys
+
+    from specforge_core.bench.datasets import load_source
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_train_prompts
+
+    cal = [json.loads(l)["prompt"] for l in (ROOT / "recipes" / "data" / "smollm2_calibration.jsonl").read_text().splitlines()]
+    assert len(cal) >= 100
+    train_topics = [t.strip().lower() for t in build_train_prompts.TOPICS]
+    assert not [p for p in cal if any(t in p.lower() for t in train_topics)]
+    bench = [r["turns"][0] for source in ("mt_bench", "humaneval") for r in load_source(source)]
+    bench_grams = set().union(*map(_ngrams, bench))
+    assert not [p for p in cal if _ngrams(p) & bench_grams or p in bench]
+
+
 def test_bench_writes_json_answers_and_plots(tmp_path, capsys):
     code = main(["bench", str(ROOT / "recipes" / "smoke.yaml"), "prompts.limit=2", "generation.max_new_tokens=12",
                  "bench.prompt_lookup_num_tokens=3", "bench.assistant_model=early-exit:1", "--variant", "verifier.name=tree", "--repeats", "1",

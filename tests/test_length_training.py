@@ -70,3 +70,11 @@ def test_collection_resumes_and_is_reused(tmp_path):
 def test_a_policy_with_nothing_to_train_is_refused(tmp_path):
     with pytest.raises(RecipeError, match="cannot train verifier.length 'fixed'"):
         train(recipe(tmp_path, "verifier.length=fixed"), progress=False)
+
+
+def test_a_checkpoint_on_other_data_is_not_resumed(tmp_path):
+    # one batch per epoch either way, so only the collected data differs between the two runs
+    same = ["training.batch_size=100000", "training.save_every=1", "training.max_steps=4"]
+    train(recipe(tmp_path, *same, "training.max_steps=2"), progress=False)
+    with pytest.raises(RecipeError, match="collected data"):
+        train(recipe(tmp_path, *same, "training.data.limit=9"), progress=False)

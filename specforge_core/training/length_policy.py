@@ -79,7 +79,9 @@ def train_length_policy(resolved: ResolvedRecipe, registry=None, progress: bool 
         TrainerConfig(output_dir=str(out), lr=tr.lr, weight_decay=tr.weight_decay, warmup_ratio=tr.warmup_ratio,
                       max_grad_norm=tr.max_grad_norm, epochs=tr.epochs, max_steps=tr.max_steps,
                       batch_size=tr.batch_size, grad_accum=tr.grad_accum, save_every=tr.save_every,
-                      keep_last=tr.keep_last, eval_every=tr.eval_every, seed=tr.seed, progress=progress),
+                      keep_last=tr.keep_last, eval_every=tr.eval_every, seed=tr.seed, progress=progress,
+                      # a checkpoint of a run on other collected data must not be resumed on this one
+                      schedule_extra={"collected data (training.data, drafter, corrector, target)": key}),
         module, len(examples), make_batch, loss_fn,
         save_model=lambda d, dtype=torch.float32: policy.save_pretrained(d), load_model=policy.load_weights,
         evaluate=evaluate, device=target.device)
