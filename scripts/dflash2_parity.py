@@ -15,7 +15,8 @@ layout (config.json with ``dflash_config``, model.safetensors with bare
    T = 0-only harness corrector that rescores with our CandidateSelector (defined here; the real
    selector corrector is not part of the plugin yet).
 
-    python scripts/dflash2_parity.py            # reference from /tmp/dflash_pkg/x or an installed `dflash`
+    python scripts/dflash2_parity.py                     # reference: an installed `dflash`, else /tmp/dflash_pkg/x
+    python scripts/dflash2_parity.py --dtype bfloat16    # the same in bf16
 
 Exit status 0 when everything matches. The shims the reference needs live here, not in the plugin.
 """
@@ -121,12 +122,12 @@ def write_checkpoint(ref, directory: Path, seed: int = 0) -> dict:
     return tensors
 
 
-def load_reference(ref, directory: Path, tensors: dict):
-    model = ref.DFlash2DraftModel.from_pretrained(str(directory), dtype=torch.float32).eval()
+def load_reference(ref, directory: Path, tensors: dict, dtype=torch.float32):
+    model = ref.DFlash2DraftModel.from_pretrained(str(directory), dtype=dtype).eval()
     sd = model.state_dict()
     for k, v in tensors.items():  # the key mapping really loaded the bare codebooks
         key = k + ".weight" if k.endswith("_codebook") else k
-        assert torch.equal(sd[key], v), f"reference did not load {k}"
+        assert torch.equal(sd[key], v.to(dtype)), f"reference did not load {k}"
     return model
 
 
@@ -224,17 +225,18 @@ def compare_generation(ref, ref_model, target_model, target, drafter, prompt, ma
             "greedy_identical": out.tokens == target.greedy_reference(prompt, max_new)[0].tolist()}
 
 
-def run(directory: Path, seeds=(0, 1), max_new: int = 40, verbose: bool = True) -> dict:
+def run(directory: Path, seeds=(0, 1), max_new: int = 40, verbose: bool = True, dtype=torch.float32) -> dict:
+    """``dtype``: of the target and both drafters (float32 or bfloat16; both give identical logits)."""
     ref = import_reference()
     if ref is None:
         raise ImportError("the reference `dflash` package is not importable")
     torch.set_grad_enabled(False)
-    target_model = tiny_target(0)
+    target_model = tiny_target(0).to(dtype)
     results = {"block": [], "generate_base": [], "generate_selector": []}
     for seed in seeds:
         d = Path(directory) / f"seed{seed}"
         tensors = write_checkpoint(ref, d, seed)
-        ref_model = load_reference(ref, d, tensors)
+        ref_model = load_reference(ref, d, tensors, dtype)
         target, drafter = load_ours(d, target_model)
         g = torch.Generator().manual_seed(100 + seed)
         for length in (3, 9, 17):  # shorter / longer than the sliding window (6)
@@ -261,6 +263,12 @@ def run(directory: Path, seeds=(0, 1), max_new: int = 40, verbose: bool = True) 
 
 
 if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--seeds", type=int, default=2, help="random drafters to compare")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        sys.exit(0 if run(Path(tmp))["ok"] else 1)
+        sys.exit(0 if run(Path(tmp), seeds=tuple(range(args.seeds)), dtype=getattr(torch, args.dtype))["ok"] else 1)

@@ -57,11 +57,14 @@ def parity_module():
     return mod
 
 
-def test_parity_with_reference(tmp_path):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_parity_with_reference(tmp_path, dtype):
+    """scripts/dflash2_parity.py: same block logits (max |diff| 0 so far), drafts, selector picks, and
+    ``dflash_generate``'s accepted lengths at T = 0 (base path and selector path) as SpecForge's."""
     parity = parity_module()
     if parity.import_reference() is None:
         pytest.skip("the reference `dflash` package is not importable")
-    r = parity.run(tmp_path, seeds=(0,), max_new=24, verbose=False)
+    r = parity.run(tmp_path, seeds=(0,), max_new=24, verbose=False, dtype=dtype)
     assert all(b["drafts_identical"] and b["selector_identical"] for b in r["block"]), r["block"]
     assert r["max_abs_logit_diff"] < 1e-4, r["max_abs_logit_diff"]
     for kind in ("generate_base", "generate_selector"):

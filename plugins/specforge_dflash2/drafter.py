@@ -85,7 +85,7 @@ class DFlash2Drafter(Drafter):
                 torch.manual_seed(int(self.options.init_seed))
                 model = DFlash2DraftModel(arch)
                 init_weights(model, std)
-        self.attach(model.to(device=target.device, dtype=target.dtype), target)
+        self.attach(model.to_runtime(target.device, target.dtype), target)
 
     def attach(self, model: DFlash2DraftModel, target) -> None:
         """Use ``model`` with ``target``'s embedding matrix and lm_head (borrowed, never copied)."""

@@ -228,5 +228,12 @@ class DFlash2DraftModel(nn.Module):
             logits = torch.tanh(logits / float(cap)) * float(cap)
         return logits
 
+    def to_runtime(self, device, dtype) -> "DFlash2DraftModel":
+        """``.to(device, dtype)`` with RoPE's ``inv_freq`` kept in float32, as the reference has it
+        after ``from_pretrained(dtype=...)`` (a bf16 ``inv_freq`` moves the angles of long positions)."""
+        self.to(device=device, dtype=dtype)
+        self.rotary_emb.inv_freq = RotaryEmbedding(self.arch.head_dim, self.arch.rope_theta).inv_freq.to(device)
+        return self
+
     def expected_shapes(self) -> dict:
         return {k: tuple(v.shape) for k, v in self.state_dict().items()}
