@@ -73,6 +73,76 @@ def test_parity_with_reference(tmp_path, dtype):
     assert r["ok"]
 
 
+# ---- the reference's equations, checked without the reference ------------------------------------
+def test_conv_equation():
+    """out[t] = sum_o (base[o] + dynamic[t, o, group(c)]) * x[t - o], zero before the block start;
+    prepare uses base_kernel[0] and the first half of the projected kernels, finish the rest."""
+    from specforge_dflash2.model import GroupedDynamicCausalConv
+
+    g = torch.Generator().manual_seed(0)
+    conv = GroupedDynamicCausalConv(8, 3, 4)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x, y = torch.randn(2, 5, 8, generator=g), torch.randn(2, 5, 8, generator=g)
+    out, kernel = conv.prepare(x)
+    dyn = conv.kernel_projection(x).view(2, 5, 2, 3, 2)  # [b, t, prepare/finish, tap, group]
+    for which, (inp, got) in enumerate([(x, out), (y, conv.finish(y, kernel))]):
+        want = torch.zeros_like(inp)
+        for t in range(5):
+            for o in range(3):
+                if t - o >= 0:
+                    per_channel = dyn[:, t, which, o].repeat_interleave(4, -1)  # [b, 8]
+                    want[:, t] += (conv.base_kernel[which, o] + per_channel) * inp[:, t - o]
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_logits_and_selector_equations(target):
+    d = drafter(target, 5)
+    h = torch.randn(1, 4, 64, generator=torch.Generator().manual_seed(1))
+    raw = target.adapter.lm_head(h)
+    with torch.no_grad():
+        assert torch.allclose(d.project_logits(h), 5.0 * torch.tanh(0.7 * raw / 5.0), atol=1e-5)  # multiplier, softcap
+        sel = d.candidate_selector
+        logits = d.project_logits(h)
+        tokens, ids, q = sel.select(h, logits, torch.tensor([3]), 0.0)
+        prev, W = 3, sel.hidden_projection.weight
+        for i in range(4):
+            top = logits[0, i].topk(6)
+            scores = {int(c): float(u) + float((sel.predecessor_codebook[prev] * (W @ h[0, i])) @ sel.successor_codebook[c])
+                      for u, c in zip(top.values, top.indices)}
+            prev = max(scores, key=scores.get)
+            assert int(tokens[0, i]) == prev and set(ids[0, i].tolist()) == set(scores)
+        assert q is None
+        _, _, q = sel.select(h, logits, torch.tensor([3]), 0.8, generator=torch.Generator().manual_seed(0))
+        assert q.shape == (1, 4, 6) and torch.allclose(q.sum(-1), torch.ones(1, 4))
+
+
+def test_sliding_window_and_causality_are_used(target):
+    """The sliding layer is causal with a window: a later block row or a context row outside the
+    window does not move it; with the full layer the block is bidirectional."""
+    from specforge_dflash2.model import layer_mask
+
+    m = layer_mask(3, 8, True, 4, "cpu")[0, 0]  # queries at positions 5, 6, 7
+    assert m[0].tolist() == [False, False, True, True, True, True, False, False]
+    assert m[2].tolist() == [False, False, False, False, True, True, True, True]
+    assert layer_mask(2, 4, False, 2, "cpu")[0, 0].tolist() == [[False, True, True, True], [False, False, True, True]]
+    def block(d, feats):  # the block after 12 committed rows of (made-up) context features
+        d.reset()
+        d.commit(12, feats)
+        ids = torch.cat([prompt(1, 12), torch.tensor([[5]])], 1)
+        with torch.inference_mode():
+            return d.draft(DraftContext(tokens=ids, max_draft=3, sampler=Sampler(GREEDY))).logits()
+
+    feats = torch.randn(1, 12, 128, generator=torch.Generator().manual_seed(2))
+    moved = feats.clone()
+    moved[:, :7] = torch.randn(1, 7, 128)  # rows 0..6: outside the window (5) of every block row (12..15)
+    one = drafter(target, 4, config={**CONFIG, "layer_types": ["sliding_attention", "sliding_attention"]})
+    assert torch.equal(block(one, feats), block(one, moved))
+    two = drafter(target, 4)  # its full layer sees all of the context
+    assert not torch.allclose(block(two, feats), block(two, moved))
+
+
 # ---- lossless -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("verifier", [ChainVerifier, TreeVerifier], ids=["chain", "tree"])
 @pytest.mark.parametrize("block_size", [3, 6])
