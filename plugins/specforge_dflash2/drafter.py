@@ -41,8 +41,8 @@ FRESH_DEFAULTS = {"conv_kernel_size": 2, "conv_group_size": 16, "selector_rank":
 @dataclass
 class DFlash2Options:
     # a fresh (untrained) drafter when drafter.checkpoint is null: config.json fields (top level or
-    # dflash_config names) overriding the defaults derived from the target - num_hidden_layers (1),
-    # intermediate_size, target_layer_ids, mask_token_id, conv_kernel_size (2), conv_group_size (16),
+    # dflash_config names) overriding the defaults derived from the target - num_hidden_layers (1, or
+    # len(layer_types)), intermediate_size, target_layer_ids, mask_token_id, conv_kernel_size (2), conv_group_size (16),
     # selector_rank (16), selector_top_k (8), layer_types, sliding_window, output_multiplier (1.0),
     # final_logit_softcapping (null), input_embedding_scale (1.0), initializer_range (0.02), ...
     config: Optional[Dict[str, Any]] = None
@@ -187,7 +187,7 @@ def fresh_arch(target, overrides: Dict[str, Any], block_size: int) -> DFlash2Arc
     if unknown:
         raise RecipeError(f"drafter.options.config: unknown field(s) {', '.join(sorted(unknown))}")
     heads = int(o.pop("num_attention_heads", tc.num_attention_heads))
-    layers = int(o.pop("num_hidden_layers", 1))
+    layers = int(o.pop("num_hidden_layers", len(o.get("layer_types") or [FULL])))  # 1 unless layer_types says
     L = target.num_layers
     tok = target.tokenizer
     mask_id = len(tok) if tok is not None and len(tok) < target.vocab_size else target.vocab_size - 1
