@@ -135,11 +135,15 @@ def test_shipped_checkpoints_are_small_bf16_published_layouts():
     total = 0
     for d in (ROOT / "checkpoints").iterdir():
         cfg = json.loads((d / "config.json").read_text())
+        dtypes = {"BF16"}
         if "markov_rank" in cfg and "dflash_config" not in cfg:  # a Markov head alone (corrector.checkpoint)
             assert cfg["markov_head_type"] in ("vanilla", "gated") and cfg["vocab_size"] == 49152
+        elif cfg.get("enable_confidence_head"):  # the confidence head (verifier.length_options.head): 577 fp32 numbers
+            assert cfg["hidden_size"] == 576
+            dtypes = {"F32"}
         else:
             assert "dflash_config" in cfg and cfg["block_size"] == 8
         with safe_open(str(d / "model.safetensors"), "pt") as f:
-            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+            assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == dtypes
         total += sum(p.stat().st_size for p in d.iterdir())
     assert total < 40 * 2 ** 20
