@@ -39,12 +39,15 @@ if [[ $what == all || $what == confidence ]]; then
   # The head: specforge train recipes/train_confidence_smollm2.yaml (checkpoints/smollm2-confidence-head).
   # `schedule=false` verifies whole blocks but records the head's predictions: the calibration of every position.
   HEAD="verifier.length=confidence verifier.length_options.head=checkpoints/smollm2-confidence-head"
+  # Also the correctors on the same drafter at k=2: none / Domino (the base row) / DSpark's Markov head.
   run specforge bench recipes/quickstart.yaml bench.prompt_lookup_num_tokens=0 --no-progress \
     --variant "drafter.num_speculative_tokens=1" \
     --variant "drafter.num_speculative_tokens=3" \
     --variant "$FULL verifier.length=confidence verifier.length_options.estimator=draft_probs" \
     --variant "$FULL $HEAD" \
     --variant "$FULL $HEAD verifier.length_options.schedule=false" \
+    --variant "corrector.name=none" \
+    --variant "corrector.name=markov corrector.checkpoint=checkpoints/smollm2-markov" \
     --json $OUT/smollm2_confidence.json --plots $OUT/smollm2_confidence
 fi
 
