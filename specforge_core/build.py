@@ -269,14 +269,48 @@ def build_pipeline(resolved: ResolvedRecipe, registry=None, target: Optional[Tar
     verifier = resolved.verifier_cls(resolved.verifier_options)
     length_policy = resolved.length_cls(resolved.length_options) if resolved.length_cls is not None else None
     target = target if target is not None else load_target(cfg.target, registry)
-    if corrector is not None:
-        corrector.compatible_with(drafter)  # before bind: a corrector may take its weights from the drafter's checkpoint
-    for comp in (drafter, corrector, verifier, length_policy):
+    if checkpoint is not None:  # a directory may hold the drafter's and the corrector's keys: each claims its own
+        check_claims(checkpoint, resolved, registry)
+    bind_parts(drafter, corrector, target)
+    for comp in (verifier, length_policy):
         if comp is not None:
             comp.bind(target)  # loads weights, borrows embeddings, checks shapes
     return Pipeline(resolved, target, SpeculativeGenerator(target, drafter, verifier, corrector,
                                                            cfg.drafter.num_speculative_tokens, profile=profile,
                                                            length_policy=length_policy))
+
+
+def bind_parts(drafter, corrector, target) -> None:
+    """The order the Corrector contract promises (interfaces.Corrector): ``drafter.bind``, then
+    ``corrector.compatible_with(drafter)`` once (the drafter's ``hidden_size`` / ``checkpoint`` are
+    final), then ``corrector.bind``."""
+    drafter.bind(target)
+    if corrector is not None:
+        corrector.compatible_with(drafter)
+        corrector.bind(target)
+
+
+def check_claims(checkpoint: str, resolved: ResolvedRecipe, registry=None) -> dict:
+    """Split the drafter checkpoint directory's tensors among the recipe's drafter and corrector
+    by ``Component.claims`` (checkpoint.split_keys): a key no installed component claims is a
+    one-line error naming it; keys of an installed corrector this recipe does not use stay unloaded.
+    Only local directories are checked (a hub id is resolved by the drafter's own loader)."""
+    from .checkpoint import split_keys, stored_keys
+
+    directory = Path(checkpoint)
+    if not directory.is_dir() or not any(directory.glob("*.safetensors")):
+        return {}
+    cfg = resolved.cfg
+    parts = {f"drafter {cfg.drafter.name}": resolved.drafter_cls}
+    if resolved.corrector_cls is not None and cfg.corrector.checkpoint is None:  # it reads the drafter's directory
+        parts[f"corrector {cfg.corrector.name}"] = resolved.corrector_cls
+    if registry is None:
+        from .registry import default_registry
+
+        registry = default_registry()
+    others = {f"{r.kind} {r.name}": r.cls for r in registry.all()
+              if r.kind in ("drafter", "corrector") and r.cls not in parts.values()}
+    return split_keys(stored_keys(directory), parts, others, str(directory))
 
 
 def drafter_block_size(recipe_value: Optional[int], drafter_cls: type, checkpoint: Optional[str]) -> "tuple[int, str]":

@@ -55,9 +55,11 @@ def read_config(directory: Path) -> dict:
 
 
 def load_state_dict(directory: Path, expected: Optional[Mapping[str, tuple]] = None,
-                    aliases: Mapping[str, str] = {}) -> dict[str, torch.Tensor]:
+                    aliases: Mapping[str, str] = {}, claims=None) -> dict[str, torch.Tensor]:
     """Load all safetensors shards of ``directory``. ``aliases`` maps old key prefixes to new
-    ones (e.g. ``{"logit_head.": ""}``). With ``expected``, check key names and shapes."""
+    ones (e.g. ``{"model.": ""}``). ``claims``: a component's ``claims(key)`` (stored key
+    names): only the keys it claims are read (a directory may hold another component's part).
+    With ``expected``, check key names and shapes."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -67,7 +69,13 @@ def load_state_dict(directory: Path, expected: Optional[Mapping[str, tuple]] = N
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            part = load_file(str(f))
+            if claims is None:
+                part = load_file(str(f))
+            else:
+                from safetensors import safe_open
+
+                with safe_open(str(f), framework="pt") as sf:
+                    part = {k: sf.get_tensor(k) for k in sf.keys() if claims(k)}
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise ModelLoadError(f"{f}: corrupt or truncated safetensors file ({e})") from None
         for k, v in part.items():
@@ -79,6 +87,54 @@ def load_state_dict(directory: Path, expected: Optional[Mapping[str, tuple]] = N
     if expected is not None:
         check_keys(tensors, expected, str(directory))
     return tensors
+
+
+def stored_keys(directory: Path) -> list[str]:
+    """The tensor names of every ``*.safetensors`` shard of ``directory`` (headers only)."""
+    from safetensors import SafetensorError, safe_open
+
+    keys: list[str] = []
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as sf:
+                keys.extend(sf.keys())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise ModelLoadError(f"{f}: corrupt or truncated safetensors file ({e})") from None
+    return keys
+
+
+def split_keys(keys, parts: Mapping[str, type], others: Mapping[str, type] = {}, where: str = "") -> dict[str, list[str]]:
+    """Split a checkpoint directory's tensor names among the recipe's components by their
+    ``claims(key)`` (interfaces.Component.claims): ``parts`` = ``{"drafter dflash": cls, ...}`` of this
+    recipe; ``others`` = the other installed components, whose keys may sit in the directory
+    unloaded (a DFlash + Domino checkpoint run without its corrector). Returns ``{part: [keys]}``
+    (``others`` under their own names). A key claimed by no component, or by two of the recipe's,
+    is a one-line ``ModelLoadError`` naming it. A recipe part that does not implement ``claims``
+    (a component written before it existed) takes the keys no other component claims."""
+    from .interfaces import Component
+
+    undeclared = [name for name, cls in parts.items()
+                  if getattr(cls.claims, "__func__", None) is Component.claims.__func__]
+    out: dict[str, list[str]] = {name: [] for name in list(parts) + list(others)}
+    unclaimed, doubly = [], []
+    for k in keys:
+        mine = [name for name, cls in parts.items() if cls.claims(k)]
+        if len(mine) > 1:
+            doubly.append(f"{k} ({' and '.join(mine)})")
+            continue
+        if not mine:
+            mine = [name for name, cls in others.items() if cls.claims(k)][:1] or undeclared[:1]
+        if not mine:
+            unclaimed.append(k)
+            continue
+        out[mine[0]].append(k)
+    if doubly:
+        raise ModelLoadError(f"{where}: key(s) claimed twice: {', '.join(doubly[:8])}" + (" ..." if len(doubly) > 8 else ""))
+    if unclaimed:
+        raise ModelLoadError(f"{where}: {len(unclaimed)} key(s) no installed component claims: "
+                             f"{', '.join(sorted(unclaimed)[:8])}" + (" ..." if len(unclaimed) > 8 else "")
+                             + f" (this recipe's parts: {', '.join(parts)})")
+    return out
 
 
 def check_keys(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple], where: str) -> None:

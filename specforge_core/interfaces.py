@@ -55,19 +55,57 @@ class DraftContext:
 
 
 @dataclass
+class SparseProbs:
+    """A sparse proposal: the draft distribution q of each position given on ``K`` candidate
+    tokens only (q(x) = 0 for every other token), e.g. a corrector that re-ranks the base top-K
+    (DFlash2's selector). Accepted wherever a dense q ``[b, k, V]`` is: ``Corrector.step`` may
+    return one row of it (``ids`` / ``probs`` ``[b, K]``) instead of logits, ``Corrector.correct``
+    and ``Candidates.probs`` a block of them (``[b, k, K]``). Rules: ``probs >= 0`` and each row
+    sums to 1 over its candidates (it *is* the distribution the drafted token was drawn from;
+    padding candidates carry probability 0); ``ids`` are distinct within a row. The verifiers
+    use q(x) = the candidate's probability, 0 outside, and the residual max(p - q, 0) over the
+    full vocabulary (``dense``), so speculative sampling stays exact."""
+
+    ids: Tensor  # [..., K] long, candidate token ids
+    probs: Tensor  # [..., K] their probabilities under q (rows sum to 1)
+    vocab_size: int  # V, for ``dense``
+
+    def at(self, tokens: Tensor) -> Tensor:
+        """q(tokens): ``tokens [...]`` -> ``[...]`` (0 for a token that is not a candidate)."""
+        hit = self.ids == tokens[..., None]
+        return (self.probs.float() * hit).sum(-1)
+
+    def dense(self) -> Tensor:
+        """The same q as a dense ``[..., V]`` tensor (zeros outside the candidates)."""
+        out = self.probs.new_zeros(*self.probs.shape[:-1], self.vocab_size, dtype=torch.float32)
+        return out.scatter_add_(-1, self.ids, self.probs.float())
+
+    def __getitem__(self, index) -> "SparseProbs":  # index the leading axes, like a dense tensor
+        return SparseProbs(self.ids[index], self.probs[index], self.vocab_size)
+
+
+Probs = Union[Tensor, SparseProbs]  # a draft distribution q: dense [..., V] or sparse
+
+
+@dataclass
 class DraftBlock:
     """A drafted block. Deterministic drafters fill ``tokens`` (and maybe ``probs``);
     parallel drafters fill ``hidden`` / ``base_logits`` (or ``project``) / ``anchor`` and may leave
     ``tokens`` to be sampled by a Corrector or, with no corrector, by the scheduler from ``logits()``."""
 
     tokens: Optional[Tensor] = None  # [b, k] long
-    probs: Optional[Tensor] = None  # [b, k, V] draft distribution q (None: deterministic)
+    probs: Optional[Probs] = None  # [b, k, V] draft distribution q, or SparseProbs [b, k, K] (None: deterministic)
     hidden: Optional[Tensor] = None  # [b, k, d] per-position drafter states (parallel drafters)
     base_logits: Union[Tensor, Callable[[], Tensor], None] = None  # [b, k, V] or lazy
     anchor: Optional[Tensor] = None  # [b] the last committed token the block continues
     # lazy base logits from ``hidden`` ([b, k, d] -> [b, k, V]); after ``truncate`` only the
     # kept rows are projected (a vocabulary projection is a large part of drafting cost)
     project: Optional[Callable[[Tensor], Tensor]] = None
+    # the request context of the cycle that drafted the block (committed tokens ``context.tokens``,
+    # the request's sampler): set by the scheduler before the block reaches a length policy, a
+    # corrector (``init_state``) or a verifier's ``propose_block`` - the one way a corrector
+    # reads the committed text. Read-only; None only for a block built outside the engine.
+    context: Optional[DraftContext] = None
 
     @property
     def num_tokens(self) -> int:
@@ -104,7 +142,8 @@ class DraftBlock:
         elif callable(logits):
             full = logits
             logits = lambda: full()[:, :k]  # noqa: E731
-        return DraftBlock(cut(self.tokens), cut(self.probs), cut(self.hidden), logits, self.anchor, self.project)
+        probs = None if self.probs is None else self.probs[:, :k]
+        return DraftBlock(cut(self.tokens), probs, cut(self.hidden), logits, self.anchor, self.project, self.context)
 
 
 @dataclass
@@ -117,7 +156,7 @@ class Candidates:
     """
 
     tokens: Tensor  # [b, n] long
-    probs: Optional[Tensor]  # [b, n, V] q of each node's token (None: one-hot)
+    probs: Optional[Probs]  # [b, n, V] q of each node's token, or SparseProbs [b, n, K] (None: one-hot)
     parents: Tensor  # [n] long, -1 for children of the anchor
     depths: Tensor  # [n] long, >= 1
     attention_mask: Optional[Tensor] = None  # [n + 1, n + 1] bool (True = attend), None = causal
@@ -169,6 +208,16 @@ class Component(abc.ABC):
         """Called once after the target is loaded: borrow its embeddings / lm_head, check
         shapes and raise a clear error (``specforge_core.errors.IncompatibleError``)."""
 
+    @classmethod
+    def claims(cls, key: str) -> bool:
+        """Whether a tensor named ``key`` (as stored, e.g. ``model.layers.0.mlp.up_proj.weight``)
+        in a checkpoint directory belongs to this component. One directory may hold a drafter
+        and a corrector (e.g. the published Domino layout); the loader
+        (``specforge_core.checkpoint.split_keys``) gives each key to the recipe component that
+        claims it, and a key no installed component claims is an error naming it. A component
+        loads only the keys it claims; it never lists another plugin's keys."""
+        return False
+
 
 class Drafter(Component):
     """Proposes a block of draft tokens.
@@ -182,6 +231,7 @@ class Drafter(Component):
 
     kind = "drafter"
     parallel: ClassVar[bool] = False
+    checkpoint: Optional[str] = None  # set by __init__; a default for drafters that do not call it
 
     def __init__(self, options: Any, block_size: int, checkpoint: Optional[str] = None):
         self.options = options
@@ -197,6 +247,15 @@ class Drafter(Component):
     @property
     def context_layers(self) -> Sequence[int]:
         return ()
+
+    # What a corrector may read of its drafter (documented; no other attribute is part of the
+    # interface): ``checkpoint`` (above: the directory / hub id the recipe gave, which may also hold
+    # the corrector's keys), and, once bound, the size of the per-position states it returns:
+    @property
+    def hidden_size(self) -> Optional[int]:
+        """``d`` of ``DraftBlock.hidden [b, k, d]`` (parallel drafters), None if it returns none.
+        Final after ``bind``."""
+        return None
 
     def reset(self) -> None:
         """Forget per-request state (draft KV cache, etc.)."""
@@ -244,9 +303,32 @@ class Drafter(Component):
 class Corrector(Component):
     """Turns a parallel block into causally consistent draft tokens, position by position.
 
-    The default ``correct`` runs ``step`` for each position and samples with the request's
-    sampler; fused implementations (Triton, CUDA graphs) override ``correct`` and must give
-    the same tokens at T=0 and the same ``q`` at T>0.
+    The engine drives a corrector through these calls, in this order (the whole seam):
+
+    * ``compatible_with(drafter)`` - once, after ``drafter.bind`` and before ``bind``: raise
+      ``IncompatibleError`` for a drafter it cannot run on; keep what it needs of the drafter's
+      documented attributes (``checkpoint``, ``hidden_size``, ``parallel``).
+    * ``bind(target)`` - once: load weights, borrow the target's embeddings.
+    * ``reset()`` - at the start of every request (before the prefill): forget per-request state.
+    * per cycle, ``init_state(block)`` then ``step`` per position - by ``correct`` (the chain path)
+      or by a tree verifier (one ``step`` per tree node, several children from one parent state).
+      ``block.context`` is the cycle's ``DraftContext``: the committed tokens
+      (``block.context.tokens [b, t]``, prompt + generated, the anchor last) and the request's
+      sampler. This is the only way the request reaches a corrector.
+
+    Rules (docs/plugins.md):
+
+    * ``step`` is a pure function of ``(state, i, prev_token)``: it must not modify ``state`` (or
+      any tensor in it) in place, and returns a new state. A tree verifier steps several children
+      from one parent state; a mutation would leak one branch into its siblings.
+      ``specforge_core.contracts.check_step_pure`` checks it.
+    * ``step`` returns either logits ``[b, V]`` (the engine warps them with the request's sampler:
+      ``-inf`` forbids a token, and forcing one token = every other logit ``-inf``; at least one
+      logit per row must be finite) or a ``SparseProbs`` row ``[b, K]`` (q itself, already final:
+      the engine samples from it and verifies against it unchanged).
+    * ``correct`` returns the tokens and the q they were drawn from (dense ``[b, k, V]``, a
+      ``SparseProbs`` ``[b, k, K]``, or None at T=0 for deterministic tokens). A drafted token
+      must have q > 0. Fused implementations must give the same tokens at T=0 and the same q at T>0.
     """
 
     kind = "corrector"
@@ -257,38 +339,39 @@ class Corrector(Component):
 
     def compatible_with(self, drafter: Drafter) -> None:
         """Raise ``IncompatibleError`` naming the mismatch (hidden size, vocab, not parallel).
-        Called twice: before ``bind`` (the drafter is not bound yet; a corrector may remember
-        it, e.g. to read its weights from the drafter's checkpoint) and after both are bound."""
-        if not getattr(drafter, "parallel", False):
-            from .errors import IncompatibleError
+        Called once, after ``drafter.bind`` and before this corrector's ``bind``."""
+        check_parallel(self, drafter)
 
-            raise IncompatibleError(
-                f"corrector {type(self).__name__} needs a parallel drafter; "
-                f"{type(drafter).__name__} has parallel = False"
-            )
+    def reset(self) -> None:
+        """A new request starts: forget per-request state (e.g. statistics of the committed
+        text gathered from ``block.context`` in earlier cycles)."""
 
     @abc.abstractmethod
     def init_state(self, block: DraftBlock) -> Any:
-        ...
+        """The state before position 0 of ``block`` (``block.context``: the request context)."""
 
     @abc.abstractmethod
-    def step(self, state: Any, i: int, prev_token: Tensor) -> "tuple[Tensor, Any]":
-        """Logits ``[b, V]`` for block position ``i`` given the token realised at ``i - 1``
-        (``prev_token [b]``; the anchor for ``i == 0``), and the new state. Must not modify
-        ``state`` in place: a tree verifier branches several children from one state."""
+    def step(self, state: Any, i: int, prev_token: Tensor) -> "tuple[Union[Tensor, SparseProbs], Any]":
+        """Logits ``[b, V]`` (or a ``SparseProbs`` q ``[b, K]``) for block position ``i`` given the
+        token realised at ``i - 1`` (``prev_token [b]``; the anchor for ``i == 0``), and the new
+        state. Must not modify ``state`` in place (see the class rules)."""
 
-    def correct(self, block: DraftBlock, sampler: "Sampler") -> "tuple[Tensor, Tensor]":
-        """Returns ``tokens [b, k]`` and ``probs [b, k, V]`` (the warped q of each position)."""
+    def correct(self, block: DraftBlock, sampler: "Sampler") -> "tuple[Tensor, Optional[Probs]]":
+        """Returns ``tokens [b, k]`` and the q of each position (``[b, k, V]`` or ``SparseProbs``)."""
         state = self.init_state(block)
         prev = block.anchor
-        tokens, probs = [], []
+        tokens, qs = [], []
         for i in range(block.num_tokens):
-            logits_i, state = self.step(state, i, prev)  # [b, V]
-            q_i = sampler.probs(logits_i)  # [b, V]
-            prev = sampler.sample_from_probs(q_i)  # [b]
+            out, state = self.step(state, i, prev)
+            if isinstance(out, SparseProbs):  # q is given: draw a candidate from it
+                prev = out.ids.gather(-1, sampler.sample_from_probs(out.probs.float())[:, None])[:, 0]
+                qs.append(out)
+            else:
+                q_i = sampler.probs(out)  # [b, V]
+                prev = sampler.sample_from_probs(q_i)  # [b]
+                qs.append(q_i)
             tokens.append(prev)
-            probs.append(q_i)
-        return torch.stack(tokens, 1), torch.stack(probs, 1)
+        return torch.stack(tokens, 1), stack_probs(qs)
 
     # ---- training (correctors with weights implement these) -------------------------------
     def training_forward(self, block: DraftBlock, teacher_tokens: Tensor) -> Tensor:
@@ -404,3 +487,26 @@ class LengthPolicy(Component):
         """``block`` as drafted (before realisation); ``limit`` drafts at most (budget and
         ``drafter.num_speculative_tokens``); ``greedy``: T = 0; ``draft_s``: this cycle's drafter
         wall time (a host stamp: exact on CPU, launch time only on an unprofiled GPU)."""
+
+
+def check_parallel(corrector: Corrector, drafter: Drafter) -> None:
+    """The one rule every corrector shares: it runs on a parallel drafter's block."""
+    if not getattr(drafter, "parallel", False):
+        from .errors import IncompatibleError
+
+        raise IncompatibleError(
+            f"corrector {type(corrector).__name__} needs a parallel drafter; "
+            f"{type(drafter).__name__} has parallel = False"
+        )
+
+
+def stack_probs(qs: Sequence[Probs]) -> Probs:
+    """Per-position q's (``[b, V]`` tensors or ``SparseProbs [b, K]``) -> one block q: a
+    ``SparseProbs [b, k, K]`` (padded with probability-0 candidates) when every position is
+    sparse, else a dense ``[b, k, V]``."""
+    if qs and all(isinstance(q, SparseProbs) for q in qs):
+        K = max(q.ids.shape[-1] for q in qs)
+        pad = lambda x, v: torch.nn.functional.pad(x, (0, K - x.shape[-1]), value=v)  # noqa: E731
+        return SparseProbs(torch.stack([pad(q.ids, 0) for q in qs], 1),
+                           torch.stack([pad(q.probs.float(), 0.0) for q in qs], 1), qs[0].vocab_size)
+    return torch.stack([q.dense() if isinstance(q, SparseProbs) else q for q in qs], 1)

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import InputError
-from .interfaces import Corrector, DraftBlock, DraftContext, Drafter, LengthPolicy, Verifier
+from .interfaces import Corrector, DraftBlock, DraftContext, Drafter, LengthPolicy, Verifier, check_parallel
 from .sampling import Sampler, SamplingParams
 from .target import TargetModel
 
@@ -87,8 +87,8 @@ class SpeculativeGenerator:
         # picks how many of the (capped) drafts to verify, per cycle; None = all of them
         self.length_policy = length_policy
         self.profile = profile  # per-stage times on a GPU (costs a device sync per stage)
-        if corrector is not None:
-            corrector.compatible_with(drafter)
+        if corrector is not None:  # the core rule only; compatible_with is called once, by build_pipeline
+            check_parallel(corrector, drafter)
         target.capture(drafter.context_layers)
 
     @torch.inference_mode()
@@ -111,6 +111,8 @@ class SpeculativeGenerator:
         sampler = Sampler(sampling, device)
         stop = set(int(s) for s in stop_token_ids)
         drafter.reset()
+        if self.corrector is not None:  # per-request state of the corrector (interfaces.Corrector.reset)
+            self.corrector.reset()
         if self.length_policy is not None:  # before the prefill: the policy may time the target now
             cap = drafter.block_size if self.num_speculative_tokens is None else self.num_speculative_tokens
             self.length_policy.reset(max(0, min(cap, max_new_tokens - 1)))
@@ -130,7 +132,11 @@ class SpeculativeGenerator:
             # at most (remaining - 1) drafts: the cycle always adds a bonus token
             budget = max_new_tokens - len(new) - 1
             t0 = time.perf_counter()
-            block = drafter.draft(DraftContext(tokens=tokens, max_draft=budget, sampler=sampler))
+            ctx = DraftContext(tokens=tokens, max_draft=budget, sampler=sampler)
+            block = drafter.draft(ctx)
+            # the request context travels with the block: a corrector's init_state reads it, whether the
+            # corrector runs here (_realise) or inside a tree verifier's propose_block
+            block.context = ctx
             keep = budget if self.num_speculative_tokens is None else min(budget, self.num_speculative_tokens)
             keep = min(keep, block.num_tokens)
             confidence = None

@@ -13,6 +13,9 @@ that show each test can fail.
 * Deliberately wrong q (mutations the law check must reject): ``LyingDomino`` (right tokens,
   base q), ``tempered_q_drafter`` (tokens from q, a sharpened q reported) and ``BaseQTree``
   (children drawn from the corrector's q, accepted against the base q).
+* ``SparseTopK``: a corrector proposing a *sparse* q (``SparseProbs``: its top-K candidates and
+  their renormalised probabilities, zero elsewhere), and its mutations ``SparseBaseQ`` (reports
+  the dense base q) and ``SparseUniformQ`` (renormalised wrongly: 1 / K per candidate).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Optional
 import torch
 from tiny import tiny_target
 
-from specforge_core.interfaces import DraftBlock, DraftContext
+from specforge_core.interfaces import Corrector, DraftBlock, DraftContext, SparseProbs
 from specforge_core.sampling import Sampler, SamplingParams
 from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
 from specforge_domino.corrector import DominoCorrector, DominoOptions
@@ -153,13 +156,17 @@ def q_gaps(target, drafter, corrector=None, temperature: float = TEMPERATURE, n_
                 drafter.reset()
                 _, feats = target.prefill(prompt[:, :-1])
                 drafter.commit(prompt.shape[1] - 1, feats)
-                block = drafter.draft(DraftContext(tokens=prompt, max_draft=k, sampler=sampler))
+                ctx = DraftContext(tokens=prompt, max_draft=k, sampler=sampler)
+                block = drafter.draft(ctx)
+                block.context = ctx  # as the scheduler does
                 q_base = sampler.probs(block.logits())  # [1, k, V]
                 if corrector is None:
                     q = q_base
                     tokens = sampler.sample_from_probs(q)  # [1, k]
                 else:
                     tokens, q = corrector.correct(block, sampler)
+                    if isinstance(q, SparseProbs):
+                        q = q.dense()
                 ids = torch.cat([prompt, tokens], 1)
                 p = sampler.probs(target.model(ids).logits[:, prompt.shape[1] - 1 : -1])  # [1, k, V]
                 rows.append(torch.stack([total_variation(q, q_base)[0], total_variation(q, p)[0],
@@ -200,3 +207,49 @@ class BaseQTree(TreeVerifier):
         depth = [0] + cands.depths.tolist()  # row -> depth (row 0 = the anchor)
         cands.extra["node_q"] = {row: base[depth[row]] for row in cands.extra.get("node_q", {})}
         return cands
+
+
+class SparseTopK(Corrector):
+    """A sparse-q corrector (as DFlash2's selector): at each position the base logits plus a
+    previous-token bias (a fixed random table), restricted to their top ``K`` candidates; q is the
+    warped softmax over those candidates only (renormalised), zero elsewhere. Step is pure; the
+    request's temperature is read from ``block.context`` (the request context)."""
+
+    def __init__(self, K: int = 2, scale: float = 2.0, seed: int = 0):
+        super().__init__(None)
+        self.K, self.scale, self.seed = K, scale, seed
+
+    def bind(self, target) -> None:
+        V = target.vocab_size
+        self.bias = self.scale * torch.randn(V, V, generator=torch.Generator().manual_seed(self.seed))
+
+    def init_state(self, block: DraftBlock):
+        s = block.context.sampler
+        return block.logits(), (0.0 if s.greedy else s.params.temperature)
+
+    def step(self, state, i, prev_token):
+        base, temperature = state
+        logits = base[:, i].float() + self.bias[prev_token]  # [b, V]
+        ids = logits.topk(self.K, -1).indices  # [b, K]
+        cand = logits.gather(-1, ids)
+        if temperature <= 0:
+            probs = torch.nn.functional.one_hot(cand.argmax(-1), self.K).float()
+        else:
+            probs = (cand / temperature).softmax(-1)
+        return SparseProbs(ids, probs, logits.shape[-1]), state
+
+
+class SparseBaseQ(SparseTopK):
+    """Mutation: tokens drawn from the sparse q, the dense base q reported."""
+
+    def correct(self, block, sampler):
+        tokens, _ = super().correct(block, sampler)
+        return tokens, sampler.probs(block.logits())
+
+
+class SparseUniformQ(SparseTopK):
+    """Mutation: tokens drawn from the sparse q, reported renormalised wrongly (1 / K each)."""
+
+    def correct(self, block, sampler):
+        tokens, q = super().correct(block, sampler)
+        return tokens, SparseProbs(q.ids, torch.full_like(q.probs, 1.0 / self.K), q.vocab_size)

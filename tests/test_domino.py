@@ -118,7 +118,10 @@ class AnchorEchoDrafter(Drafter):
 
     def bind(self, target):
         self.embed, self.lm_head = target.adapter.embed_tokens, target.adapter.lm_head
-        self.arch = type("Arch", (), {"hidden_size": target.hidden_size})()
+
+    @property
+    def hidden_size(self):  # the documented Drafter attribute a corrector checks (no duck typing)
+        return self.embed.weight.shape[1]
 
     def draft(self, ctx: DraftContext) -> DraftBlock:
         k = min(self.block_size, ctx.max_draft)
@@ -146,11 +149,12 @@ def test_incompatible_mixes():
     target = tiny_target(seed=0)
     d = block_drafter()
     d.bind(target)
-    c = domino(target, d)
     wide = block_drafter()
-    wide.arch = type("A", (), {"hidden_size": 128})()
-    with pytest.raises(IncompatibleError, match="hidden states of size 64"):
-        c.compatible_with(wide)
+    wide.arch = type("A", (), {"hidden_size": 128})()  # DFlashDrafter.hidden_size reads its arch
+    c = DominoCorrector(DominoOptions(config={"gru_hidden_dim": 8, "emb_dim": 8}))
+    c.compatible_with(wide)  # once, after the drafter is bound; the head is checked in bind
+    with pytest.raises(IncompatibleError, match="hidden states of size 64, the drafter's are 128"):
+        c.bind(target)
 
 
 # ---- the published Domino layout ------------------------------------------------------------

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
-    for example in ("specforge-bigram", "specforge-norepeat"):
+    for example in ("specforge-bigram", "specforge-norepeat", "specforge-seen"):
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
              "--target", str(site), str(ROOT / "examples" / example)],
@@ -71,8 +71,29 @@ def test_example_corrector_on_dflash_is_lossless(installed, tmp_path):
         p for p in plugins if p["name"] == "norepeat").items()
 
 
+@pytest.mark.parametrize("verifier", ["chain", "tree"])
+def test_context_corrector_on_dflash_is_lossless(installed, tmp_path, verifier):
+    """examples/specforge-seen (a corrector reading the request's committed tokens through
+    block.context, reset per request), installed as its own distribution, through specforge bench."""
+    _, env = installed
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "specforge_core.cli", "bench", str(ROOT / "recipes" / "smoke.yaml"),
+         "drafter.name=dflash", "corrector.name=seen", "corrector.options.boost=2.0", f"verifier.name={verifier}",
+         "generation.max_new_tokens=32", "--json", str(out), "--no-progress"],
+        env=env, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["method"] == f"dflash+seen+{verifier}" and result["lossless"] is True
+    plugins = json.loads(subprocess.run([sys.executable, "-m", "specforge_core.cli", "plugins", "--json"], env=env,
+                                        capture_output=True, text=True, check=True).stdout)
+    assert next(p for p in plugins if p["name"] == "seen")["distribution"] == "specforge-seen 0.1.0"
+
+
 @pytest.mark.parametrize("example,package", [("specforge-bigram", "specforge_bigram"),
-                                             ("specforge-norepeat", "specforge_norepeat")])
+                                             ("specforge-norepeat", "specforge_norepeat"),
+                                             ("specforge-seen", "specforge_seen")])
 def test_docs_show_the_examples_verbatim(example, package):
     """docs/plugins.md shows the examples' code; keep the two from drifting apart."""
     import re

@@ -30,7 +30,7 @@ from typing import Optional
 import torch
 
 from specforge_core.errors import IncompatibleError, RecipeError
-from specforge_core.interfaces import DraftBlock, LengthChoice, LengthPolicy
+from specforge_core.interfaces import DraftBlock, LengthChoice, LengthPolicy, SparseProbs
 from specforge_core.verify_cost import interp, verify_cost_curve
 
 from .head import ConfidenceHead, load_head, save_head
@@ -115,6 +115,8 @@ class ConfidencePolicy(LengthPolicy):
             self._say_once("sampled", "verifier.length=confidence: at T > 0 a sequential drafter's block holds "
                                       "sampled tokens, which the length must not depend on: every draft is verified")
             return None
+        if isinstance(block.probs, SparseProbs):  # q on candidates only (0 elsewhere)
+            return block.probs[0, :k].at(block.tokens[0, :k].long())
         q = block.probs[0, :k].float()  # [k, V]
         return q.gather(-1, block.tokens[0, :k, None].long()).squeeze(-1)  # the realised tokens' q (T=0)
 

@@ -23,7 +23,7 @@ from specforge_core.errors import RecipeError
 from specforge_core.interfaces import DraftBlock, DraftContext, Drafter
 from specforge_core.projection import project_rows
 
-from .layout import CORRECTOR_PREFIXES, check_against_target, load_draft, recorded_block_size, save_draft
+from .layout import check_against_target, claims, load_draft, recorded_block_size, save_draft
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
 from .training import block_training_loss, training_blocks
 
@@ -93,6 +93,15 @@ class DFlashDrafter(Drafter):
         self.lm_head = target.adapter.lm_head
         self.device = target.device
 
+    @classmethod
+    def claims(cls, key: str) -> bool:  # the DFlash network's keys (layout.OWN_PREFIXES)
+        return claims(key)
+
+    @property
+    def hidden_size(self) -> Optional[int]:  # d of the block's hidden states (after bind)
+        arch = getattr(self, "arch", None)
+        return None if arch is None else arch.hidden_size
+
     @property
     def context_layers(self):
         return tuple(self.arch.target_layer_ids)
@@ -153,8 +162,7 @@ class DFlashDrafter(Drafter):
     def load_weights(self, directory) -> None:
         from specforge_core.checkpoint import check_keys, load_state_dict
 
-        tensors = {k: v for k, v in load_state_dict(Path(directory), None, {"model.": ""}).items()
-                   if not k.startswith(CORRECTOR_PREFIXES)}
+        tensors = load_state_dict(Path(directory), None, {"model.": ""}, claims=claims)
         check_keys(tensors, self.model.expected_shapes(), str(directory))
         self.model.load_state_dict({k: v.to(next(self.model.parameters()).dtype) for k, v in tensors.items()})
 

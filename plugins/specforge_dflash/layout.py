@@ -16,9 +16,16 @@ from specforge_core.errors import IncompatibleError, ModelLoadError
 
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
 
-# key prefixes of correctors stored in the same checkpoint (published Domino layout; DSpark's
-# Markov head, as specforge train stores it next to the drafter)
-CORRECTOR_PREFIXES = ("prefix_gru.", "embed_proj.", "logit_head.", "markov_head.")
+# the DFlash / DFlare network's own keys (model.py), as stored: optionally nested under `model.`.
+# The drafter claims these and nothing else (interfaces.Component.claims); a corrector stored in
+# the same directory claims its own keys - this plugin never lists another plugin's.
+OWN_PREFIXES = ("layers.", "fc.", "hidden_norm.", "norm.", "layer_fusion_weights")
+
+
+def claims(key: str) -> bool:
+    name = key[len("model."):] if key.startswith("model.") else key
+    return name.startswith(OWN_PREFIXES)
+
 
 # config.json fields DraftArch owns; everything else is carried through untouched
 _OWN = {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -111,9 +118,8 @@ def load_draft(id_or_path: str, target, fusion: Optional[bool] = None) -> DFlash
     with torch.device("meta"):
         shapes = DFlashDraftModel(arch).expected_shapes()
     aliases = {"model.": ""}  # some exports nest the tree under `model.`
-    tensors = load_state_dict(directory, None, aliases)
-    # a Domino checkpoint is a DFlash checkpoint plus the corrector's keys: leave those to it
-    own = {k: v for k, v in tensors.items() if not k.startswith(CORRECTOR_PREFIXES)}
+    # only the drafter's keys: a corrector stored in the same directory reads its own
+    own = load_state_dict(directory, None, aliases, claims=claims)
     from specforge_core.checkpoint import check_keys
 
     check_keys(own, shapes, str(directory))

@@ -35,6 +35,7 @@ log = logging.getLogger("specforge.domino")
 Tensor = torch.Tensor
 PROJECTOR_TYPES = ("domino", "causal_v5")  # causal_v5: the older name of the same head
 KEY_ALIASES = {"logit_head.": "", "model.": ""}  # older checkpoints nest the head under logit_head.
+OWN_PREFIXES = ("prefix_gru.", "embed_proj.")  # the head's keys (head.py)
 
 
 @dataclass
@@ -63,25 +64,34 @@ class DominoCorrector(Corrector):
         if checkpoint is not None and options.config is not None:
             raise RecipeError("corrector: give corrector.checkpoint or corrector.options.config, not both")
         self.head: Optional[DominoHead] = None
-        self.drafter: Optional[Drafter] = None
+        self.drafter_hidden_size: Optional[int] = None  # from compatible_with (the drafter's documented attributes)
+        self.drafter_checkpoint: Optional[str] = None
         self._fast = None
 
     # ---- set-up -------------------------------------------------------------------------------
+    @classmethod
+    def claims(cls, key: str) -> bool:
+        """The head's keys in a shared checkpoint directory (published Domino layout; older ones nest
+        them under ``logit_head.`` / ``model.``)."""
+        for old in KEY_ALIASES:
+            if key.startswith(old):
+                key = key[len(old):]
+                break
+        return key.startswith(OWN_PREFIXES)
+
     def compatible_with(self, drafter: Drafter) -> None:
+        """Called once, after the drafter is bound (interfaces.Corrector): keep the two documented
+        attributes the head needs - the drafter's hidden size (checked against the head in bind) and
+        its checkpoint (which may hold the head)."""
         super().compatible_with(drafter)  # parallel drafters only
-        self.drafter = drafter
-        if self.head is None:
-            return  # called before bind: only remember the drafter (its checkpoint may hold the head)
-        H = getattr(getattr(drafter, "arch", None), "hidden_size", None)
-        if H is not None and H != self.head.arch.hidden_size:
-            raise IncompatibleError(f"Domino head expects drafter hidden states of size {self.head.arch.hidden_size}, "
-                                    f"drafter '{type(drafter).__name__}' has {H}")
+        self.drafter_hidden_size = drafter.hidden_size
+        self.drafter_checkpoint = drafter.checkpoint
 
     def bind(self, target) -> None:
         self.embed = target.adapter.embed_tokens
         source = self.checkpoint
         if source is None and self.options.config is None:
-            source = getattr(self.drafter, "checkpoint", None)  # a Domino checkpoint holds both parts
+            source = self.drafter_checkpoint  # a Domino checkpoint holds both parts
             if source is None:
                 raise RecipeError("corrector domino needs weights: corrector.checkpoint, a Domino checkpoint as "
                                   "drafter.checkpoint, or corrector.options.config for a fresh (untrained) head")
@@ -89,10 +99,12 @@ class DominoCorrector(Corrector):
             head = load_head(source, target)
         else:
             head = fresh_head(target, self.options.config, self.options.init_seed)
+        H = self.drafter_hidden_size
+        if H is not None and H != head.arch.hidden_size:
+            raise IncompatibleError(f"Domino head expects drafter hidden states of size {head.arch.hidden_size}, "
+                                    f"the drafter's are {H}")
         self.head = head.to(device=target.device, dtype=target.dtype)
         self._fast = None
-        if self.drafter is not None:
-            self.compatible_with(self.drafter)
 
     # ---- the Corrector API --------------------------------------------------------------------
     def init_state(self, block: DraftBlock) -> dict:
@@ -101,11 +113,13 @@ class DominoCorrector(Corrector):
         return {"S": state, "hidden": block.hidden, "base": block.logits()}
 
     def step(self, state: dict, i: int, prev_token: Tensor) -> "tuple[Tensor, dict]":
-        state["S"] = self.head.gru_cell(self.embed(prev_token).to(state["S"].dtype), state["S"])  # [b, G]
+        # pure (interfaces.Corrector): the GRU state after prev_token goes into a NEW dict; the
+        # caller's state is untouched, so a tree can step several children from it
+        S = self.head.gru_cell(self.embed(prev_token).to(state["S"].dtype), state["S"])  # [b, G]
         logits = state["base"][:, i].float()  # [b, V]
         if i >= self.head.arch.pure_draft_prefix_len:
-            logits = logits + self.head.correction(state["hidden"][:, i], state["S"]).float()
-        return logits, state
+            logits = logits + self.head.correction(state["hidden"][:, i], S).float()
+        return logits, {**state, "S": S}
 
     @torch.inference_mode()
     def correct(self, block: DraftBlock, sampler: Sampler) -> "tuple[Tensor, Optional[Tensor]]":
@@ -188,8 +202,7 @@ def head_arch_from_config(cfg: dict, where: str) -> DominoArch:
 
 
 def _head_tensors(directory: Path, shapes: dict) -> dict:
-    tensors = load_state_dict(directory, None, KEY_ALIASES)
-    mine = {k: v for k, v in tensors.items() if k.startswith(("prefix_gru.", "embed_proj."))}
+    mine = load_state_dict(directory, None, KEY_ALIASES, claims=DominoCorrector.claims)
     check_keys(mine, shapes, str(directory))
     return mine
 

@@ -82,35 +82,41 @@ class MarkovCorrector(Corrector):
         if checkpoint is not None and options.config is not None:
             raise RecipeError("corrector: give corrector.checkpoint or corrector.options.config, not both")
         self.head: Optional[MarkovHead] = None
-        self.drafter: Optional[Drafter] = None
+        self.drafter_hidden_size: Optional[int] = None  # from compatible_with (the drafter's documented attributes)
+        self.drafter_checkpoint: Optional[str] = None
 
     # ---- set-up -------------------------------------------------------------------------------
+    @classmethod
+    def claims(cls, key: str) -> bool:
+        """The head's keys in a shared checkpoint directory (``markov_head.*``, maybe under ``model.``)."""
+        name = key[len("model."):] if key.startswith("model.") else key
+        return name.startswith(PREFIX)
+
     def compatible_with(self, drafter: Drafter) -> None:
+        """Called once, after the drafter is bound (interfaces.Corrector): keep the drafter's
+        documented hidden size (the gated head reads its states) and checkpoint (may hold the head)."""
         super().compatible_with(drafter)  # parallel drafters only
-        self.drafter = drafter
-        if self.head is None or not self.head.arch.gated:
-            return  # before bind (remember the drafter: its checkpoint may hold the head); vanilla reads no hidden
-        H = _drafter_hidden_size(drafter)
-        if H is not None and H != self.head.arch.hidden_size:
-            raise IncompatibleError(f"gated Markov head expects drafter hidden states of size (hidden_size) "
-                                    f"{self.head.arch.hidden_size}, drafter '{type(drafter).__name__}' has {H}")
+        self.drafter_hidden_size = drafter.hidden_size
+        self.drafter_checkpoint = drafter.checkpoint
 
     def bind(self, target) -> None:
         source = self.checkpoint
         if source is None and self.options.config is None:
-            source = getattr(self.drafter, "checkpoint", None)  # a checkpoint trained here holds both parts
+            source = self.drafter_checkpoint  # a checkpoint trained here holds both parts
             if source is None:
                 raise RecipeError("corrector markov needs weights: corrector.checkpoint (a DSpark draft directory), "
                                   "a checkpoint trained with it as drafter.checkpoint, or corrector.options.config "
                                   "for a fresh (untrained) head")
-        hidden_size = _drafter_hidden_size(self.drafter) or target.hidden_size
+        hidden_size = self.drafter_hidden_size or target.hidden_size
         if source is not None:
             head = load_head(source, target.vocab_size, hidden_size)
         else:
             head = fresh_head(self.options.config, target.vocab_size, hidden_size, self.options.init_seed)
+        H = self.drafter_hidden_size
+        if head.arch.gated and H is not None and H != head.arch.hidden_size:
+            raise IncompatibleError(f"gated Markov head expects drafter hidden states of size (hidden_size) "
+                                    f"{head.arch.hidden_size}, the drafter's are {H}")
         self.head = head.to(device=target.device, dtype=target.dtype).eval()
-        if self.drafter is not None:
-            self.compatible_with(self.drafter)
 
     # ---- the Corrector API --------------------------------------------------------------------
     def init_state(self, block: DraftBlock) -> MarkovState:
@@ -169,10 +175,6 @@ class MarkovCorrector(Corrector):
 
 
 # ---- weights ------------------------------------------------------------------------------------
-def _drafter_hidden_size(drafter) -> Optional[int]:
-    return getattr(getattr(drafter, "arch", None), "hidden_size", None)
-
-
 def arch_from_config(cfg: dict, where: str, vocab_size: int, hidden_size: int) -> MarkovArch:
     """``build_markov_head``'s reading of a DSpark draft config.json, checked against the drafter."""
     if "markov_rank" not in cfg:

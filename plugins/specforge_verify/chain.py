@@ -18,8 +18,12 @@ T > 0 (speculative sampling, Leviathan et al. 2023 / Chen et al. 2023)
       = min(q, p)(y) + max(0, p - q)(y) = p(y),
     because sum_z max(0, p - q) = 1 - sum_z min(p, q). Deterministic drafters (``q=None``) are
     one-hot q: accept with probability p(x_i), residual = p with x_i removed, renormalised.
+    A sparse q (``SparseProbs``: K candidates) is the same rule with q(x) = 0 outside the
+    candidates: the residual max(0, p - q) keeps p's mass on every other token of the vocabulary.
+    A drafted token must have q(x_i) > 0 (it was drawn from q); a row of q that is all zero is a
+    corrector bug (there is nothing to draw from), not something the verifier repairs.
 
-rule = "match" (the DFlash / Domino reference loop, kept for parity)
+rule = "match" (the loop of the published block-drafter reference code, kept for parity)
     draw y_i ~ p_i at every position and accept while x_i == y_i; emit y_{a+1}. Exact too (every
     emitted token is a draw from p given the committed prefix), but it accepts with
     probability sum_x q(x) p(x) <= sum_x min(q(x), p(x)) - never more than residual sampling.
@@ -32,7 +36,7 @@ import torch
 from dataclasses import dataclass
 
 from specforge_core.errors import RecipeError
-from specforge_core.interfaces import Accepted, Candidates, Verifier
+from specforge_core.interfaces import Accepted, Candidates, SparseProbs, Verifier
 from specforge_core.sampling import Sampler, residual
 
 
@@ -71,10 +75,13 @@ class ChainVerifier(Verifier):
         else:
             p = sampler.probs(target_logits)  # [b, n+1, V]
             p_draft = p[:, :n].gather(-1, drafts[..., None]).squeeze(-1)  # [b, n] p_i(x_i)
-            if candidates.probs is None:
+            q = candidates.probs
+            if q is None:
                 q_draft = torch.ones_like(p_draft)  # one-hot q
+            elif isinstance(q, SparseProbs):  # q(x) = the candidate's probability, 0 outside the candidates
+                q_draft = q.at(drafts)
             else:
-                q_draft = candidates.probs.gather(-1, drafts[..., None]).squeeze(-1).float()
+                q_draft = q.gather(-1, drafts[..., None]).squeeze(-1).float()
             u = sampler.uniform((b, n), device=drafts.device)
             # u < p/q  <=>  u * q < p   (no division; q > 0 for a token the drafter produced)
             ok = (u * q_draft < p_draft).long()  # [b, n]
@@ -83,7 +90,12 @@ class ChainVerifier(Verifier):
             rejected = num_accepted < n
             safe_idx = num_accepted.clamp_max(max(n - 1, 0))
             if n > 0:
-                q_next = None if candidates.probs is None else candidates.probs[rows, safe_idx].float()
+                if q is None:
+                    q_next = None
+                elif isinstance(q, SparseProbs):  # the rejected position's q over the full vocabulary
+                    q_next = q[rows, safe_idx].dense()
+                else:
+                    q_next = q[rows, safe_idx].float()
                 resid = residual(p_next, q_next, drafts[rows, safe_idx])
                 dist = torch.where(rejected[:, None], resid, p_next)
             else:

@@ -9,9 +9,11 @@ Children come from a pluggable **node scorer**:
 * ``marginal`` - the block's per-position distributions, shared by every node of a depth
   (DDTree). A block drafter's marginals are conditioned on its own top-1 path, so siblings'
   subtrees are mostly noise (trees-and-dflash2.md section 3);
-* ``corrector`` - parent-conditioned: each expanded node runs one corrector step from its
-  parent's state with its own token (for Domino: one GRU step + the low-rank correction; no
-  backbone pass), so every branch is drafted given its own prefix.
+* ``corrector`` - parent-conditioned: each expanded node runs one ``Corrector.step`` from its
+  parent's state with its own token (no backbone pass), so every branch is drafted given its
+  own prefix. A step may return logits or a sparse q (``SparseProbs``: zero outside its
+  candidates); the sampled scheme's rejection sampling then uses that q and the residual
+  max(p - q, 0) over the whole vocabulary.
 
 Verifying - the tree is flattened in pop order with parent indices and depths; the target
 sees ``[anchor, nodes]`` with an ancestor-only mask and positions ``start + depth``; after
@@ -47,7 +49,7 @@ from typing import List, Optional
 import torch
 
 from specforge_core.errors import IncompatibleError, RecipeError
-from specforge_core.interfaces import Accepted, Candidates, Corrector, DraftBlock, Verifier
+from specforge_core.interfaces import Accepted, Candidates, Corrector, DraftBlock, SparseProbs, Verifier
 from specforge_core.sampling import Sampler, residual
 from specforge_core.verify_cost import interp, verify_cost_curve
 
@@ -101,28 +103,25 @@ class MarginalScorer:
 
 
 class CorrectorScorer:
-    """Parent-conditioned: one corrector step per expanded node, from the parent's state."""
+    """Parent-conditioned: one corrector step per expanded node, from the parent's state.
+
+    Several children step from one parent state; that is sound because ``Corrector.step`` must not
+    modify its state (interfaces.Corrector; ``specforge_core.contracts.check_step_pure``), so no
+    copy is made here and no corrector's state layout is known to the tree."""
 
     def __init__(self, corrector: Corrector, block: DraftBlock, sampler: Sampler):
         self.corrector, self.sampler, self.anchor = corrector, sampler, block.anchor
-        self.state0 = corrector.init_state(block)
+        self.state0 = corrector.init_state(block)  # block.context: the request context
 
     def root(self):
         return self.state0
 
     def children(self, depth: int, parent_state, parent_token: int):
-        state = _copy_state(parent_state)
         prev = self.anchor if parent_token < 0 else torch.tensor([parent_token], device=self.anchor.device)
-        logits, state = self.corrector.step(state, depth, prev)  # [1, V]
-        return tree_probs(self.sampler, logits)[0], state
-
-
-def _copy_state(state):
-    if isinstance(state, dict):
-        return {k: (v.clone() if torch.is_tensor(v) and k == "S" else v) for k, v in state.items()}
-    if torch.is_tensor(state):
-        return state.clone()
-    return state
+        out, state = self.corrector.step(parent_state, depth, prev)  # [1, V] logits or a SparseProbs q
+        if isinstance(out, SparseProbs):  # q is given (zero outside its candidates): use it as is
+            return out.dense()[0], state
+        return tree_probs(self.sampler, out)[0], state
 
 
 # ---- the verifier -----------------------------------------------------------------------------
@@ -169,7 +168,10 @@ class TreeVerifier(Verifier):
         if use_corrector:
             scorer = CorrectorScorer(corrector, block, sampler)
         else:
-            dists = tree_probs(sampler, block.logits()[0]) if block.has_logits else block.probs[0]
+            if block.has_logits:
+                dists = tree_probs(sampler, block.logits()[0])
+            else:  # a sampling drafter's q, dense or sparse (zero outside its candidates)
+                dists = block.probs.dense()[0] if isinstance(block.probs, SparseProbs) else block.probs[0]
             scorer = MarginalScorer(dists.float())
         if o.scheme == "sampled" and not sampler.greedy:
             return self._build_sampled(scorer, k, sampler, block.anchor.device)

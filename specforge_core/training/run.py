@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..build import drafter_block_size, load_prompts, load_target
+from ..build import bind_parts, drafter_block_size, load_prompts, load_target
 from ..errors import RecipeError
 from ..recipe import ResolvedRecipe, resolve_path
 from ..sampling import SamplingParams
@@ -35,11 +35,7 @@ def build_for_training(resolved: ResolvedRecipe, target):
     corrector = None
     if resolved.corrector_cls is not None:
         corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=ckpt(cfg.corrector.checkpoint))
-        corrector.compatible_with(drafter)
-    drafter.bind(target)
-    if corrector is not None:
-        corrector.bind(target)
-        corrector.compatible_with(drafter)
+    bind_parts(drafter, corrector, target)  # drafter.bind, corrector.compatible_with (once), corrector.bind
     parts = {}
     try:
         if component in ("drafter", "both"):
