@@ -354,32 +354,39 @@ def domino(device: torch.device, tiny: bool) -> dict:
 
 def dflash_draft(target: TargetModel, name: str, prompt, max_new: int, block: int, state: dict) -> dict:
     """A real DFlash drafter at z-lab's Qwen3-8B-DFlash-b16 shapes (5 Qwen3-8B layers, context from
-    target layers 1, 9, 17, 25, 33; random weights, so it accepts ~nothing): the plugin's own path on
-    this target (features captured inside the verify graph), T=0 tokens against transformers'
-    greedy decode, and the per-stage split (--profile) - the drafter's block forward runs eagerly."""
+    target layers 1, 9, 17, 25, 33; random weights, so it accepts ~nothing) on this target (features
+    captured inside the verify graph): its block forward eager (transformers' DynamicCache) and on fixed
+    buffers replayed from CUDA graphs (``drafter.options.cuda_graphs``, static_draft.py); T=0 tokens
+    against transformers' greedy decode, cycle time, and the per-stage split (--profile)."""
     from specforge_dflash.drafter import DFlashDrafter, DFlashOptions
 
     cfg = {"num_hidden_layers": 5, "target_layer_ids": [1, 9, 17, 25, 33]}
     if target.num_layers < 34:  # --layers / --tiny: spread the 5 context layers over what there is
         cfg["target_layer_ids"] = sorted({min(target.num_layers - 1, i * target.num_layers // 5) for i in range(5)})
-    d = DFlashDrafter(DFlashOptions(config=cfg), block + 1)
-    d.bind(target)
     out = {"arch": {"layers": 5, "block_size": block + 1, "target_layer_ids": cfg["target_layer_ids"]}}
-    for run, profile in (("plain", False), ("profiled", True), ("plain_again", False)):
-        gen = SpeculativeGenerator(target, d, ChainVerifier(ChainOptions()), profile=profile)
-        run_loop(gen, prompt, 8, target.device)  # warm-up
-        res, s = run_loop(gen, prompt, max_new, target.device)
-        cycles = max(1, len(res.cycles))
-        row = {"tokens": len(res.tokens), "cycles": len(res.cycles), "tau": round(res.tau, 3),
-               "cycle_ms": round(1e3 * (s - res.prefill_s) / cycles, 3),
-               "agrees_with_hf_tokens": agree(res.tokens, state.get("greedy", []))}
-        if profile:
-            for field in ("draft_s", "propose_s", "verify_s", "accept_s"):
-                row[field.replace("_s", "_ms")] = round(1e3 * statistics.mean(getattr(c, field) for c in res.cycles), 3)
-        out[run] = row
     t_verify = state.get(f"t_verify_{name}_{block + 1}")
-    if t_verify:
-        out["draft_share_of_verify"] = round(out["profiled"]["draft_ms"] / (1e3 * t_verify), 3)
+    for graphs in (False, True):
+        d = DFlashDrafter(DFlashOptions(config=cfg, cuda_graphs=graphs), block + 1)
+        d.bind(target)
+        rows = {}
+        for run, profile in (("warmup", False), ("plain", False), ("profiled", True)):
+            gen = SpeculativeGenerator(target, d, ChainVerifier(ChainOptions()), profile=profile)
+            res, s = run_loop(gen, prompt, max_new, target.device)  # warm-up at full length: every bucket met
+            if run == "warmup":
+                continue
+            cycles = max(1, len(res.cycles))
+            row = {"tokens": len(res.tokens), "cycles": len(res.cycles), "tau": round(res.tau, 3),
+                   "cycle_ms": round(1e3 * (s - res.prefill_s) / cycles, 3),
+                   "agrees_with_hf_tokens": agree(res.tokens, state.get("greedy", []))}
+            if profile:
+                for field in ("draft_s", "propose_s", "verify_s", "accept_s"):
+                    row[field.replace("_s", "_ms")] = round(1e3 * statistics.mean(getattr(c, field) for c in res.cycles), 3)
+                if t_verify:
+                    row["draft_share_of_verify"] = round(row["draft_ms"] / (1e3 * t_verify), 3)
+            rows[run] = row
+        if graphs:
+            rows["graph_captures"] = d.static.num_captures if d.static is not None else None
+        out["cuda_graphs" if graphs else "eager"] = rows
     return out
 
 

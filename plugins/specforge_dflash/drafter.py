@@ -25,6 +25,7 @@ from specforge_core.projection import project_rows
 
 from .layout import check_against_target, claims, load_draft, recorded_block_size, save_draft
 from .model import DFlashDraftModel, DraftArch, default_target_layer_ids
+from .static_draft import StaticDraft
 from .training import block_training_loss, training_blocks
 
 Tensor = torch.Tensor
@@ -42,6 +43,10 @@ class DFlashOptions:
     # target has none). Not in the DFlash paper; meant for small-data training, but on the
     # embedded default it did not raise held-out tau (docs/training.md), so no recipe uses it.
     init_from_target_layers: Optional[list] = None
+    # the block forward on fixed buffers, replayed from a CUDA graph per context-row bucket
+    # (static_draft.py); null = on when the target runs on CUDA; true on a CPU runs the same padded
+    # forward eagerly (tests); false = transformers' DynamicCache path
+    cuda_graphs: Optional[bool] = None
 
 
 class DFlashDrafter(Drafter):
@@ -84,6 +89,10 @@ class DFlashDrafter(Drafter):
             if self.options.init_from_target_layers is not None:
                 init_from_target_layers(model, target, list(self.options.init_from_target_layers))
         self.attach(model.to(device=target.device, dtype=target.dtype), target)
+        graphs = self.options.cuda_graphs
+        use = target.device.type == "cuda" if graphs is None else bool(graphs)
+        self.static = StaticDraft(self.model, target.device, cuda_graphs=use) if use else None
+        self.reset()
 
     def attach(self, model: DFlashDraftModel, target) -> None:
         """Use ``model`` with ``target``'s embeddings and lm_head (borrowed, never copied)."""
@@ -114,6 +123,8 @@ class DFlashDrafter(Drafter):
     def reset(self) -> None:
         self.cache = DynamicCache()
         self.pending: Optional[Tensor] = None  # [b, rows, T*H] context rows not yet in the draft cache
+        if getattr(self, "static", None) is not None:
+            self.static.reset()
 
     def commit(self, num_new_rows: int, context_features: Optional[Tensor]) -> None:
         if context_features is None:
@@ -129,13 +140,17 @@ class DFlashDrafter(Drafter):
         b = ctx.tokens.shape[0]
         block_ids = torch.full((b, rows), self.arch.mask_token_id, dtype=torch.long, device=self.device)
         block_ids[:, 0] = ctx.anchor
-        cached = self.cache.get_seq_length()
+        static = getattr(self, "static", None)
+        cached = static.cache.length if static is not None else self.cache.get_seq_length()
         new_ctx = self.pending if self.pending is not None else self.embed_tokens.weight.new_zeros(b, 0, len(self.arch.target_layer_ids) * self.arch.hidden_size)
         assert cached + new_ctx.shape[1] == start, "context rows out of step with committed tokens"
-        positions = torch.arange(cached, start + rows, device=self.device)[None].expand(b, -1)
-        hidden = self.model(self.embed_tokens(block_ids), new_ctx, positions, cache=self.cache)  # [b, rows, H]
+        if static is not None:  # fixed buffers (+ CUDA graph): keeps the context rows, drops the block's
+            hidden = static.forward(self.embed_tokens(block_ids), new_ctx)  # [b, rows, H]
+        else:
+            positions = torch.arange(cached, start + rows, device=self.device)[None].expand(b, -1)
+            hidden = self.model(self.embed_tokens(block_ids), new_ctx, positions, cache=self.cache)  # [b, rows, H]
+            self.cache.crop(start - self.cache.get_seq_length())  # keep context rows only (crop(-n) drops n)
         self.pending = None
-        self.cache.crop(start - self.cache.get_seq_length())  # keep context rows only (crop(-n) drops n)
         hidden = hidden if shift else hidden[:, 1:]  # [b, drafts, H]
         hidden = hidden[:, : max(ctx.max_draft, 0)]
         lm_head = self.lm_head
