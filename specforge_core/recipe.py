@@ -330,7 +330,7 @@ def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
             continue
         try:
             reg = registry.get(kind, section.name)
-            opts = validate_options(kind, section.name, reg.cls.Options, section.options)
+            opts = validate_options(kind, section.name, reg.cls.Options, _recipe_relative(section.options, resolved.path))
         except RecipeError as e:
             problems.append(str(e))
             continue
@@ -339,7 +339,8 @@ def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
     try:  # the verify-length policy: its own plugin kind, named by verifier.length
         reg = registry.get("length_policy", cfg.verifier.length, key="verifier.length")
         resolved.length_options = validate_options("length_policy", cfg.verifier.length, reg.cls.Options,
-                                                   cfg.verifier.length_options, where="verifier.length_options")
+                                                   _recipe_relative(cfg.verifier.length_options, resolved.path),
+                                                   where="verifier.length_options")
         resolved.length_cls = reg.cls
     except RecipeError as e:
         problems.append(str(e))
@@ -400,6 +401,19 @@ def _check_values(cfg: DictConfig, where: str) -> None:
 
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)
+
+
+def _recipe_relative(options, recipe_path: Optional[Path]):
+    """A plugin's options with the same path rule as the recipe's own keys (``resolve_path``): a
+    top-level string value that is no path from the working directory but one from the recipe's
+    directory (e.g. ``verifier.length_options.head: ../checkpoints/...``) is taken from there."""
+    if recipe_path is None or not options:
+        return options
+    plain = OmegaConf.to_container(options, resolve=True) if isinstance(options, DictConfig) else dict(options)
+    for k, v in plain.items():
+        if isinstance(v, str) and v and not os.path.isabs(v) and not os.path.exists(v):
+            plain[k] = resolve_path(v, recipe_path)
+    return plain
 
 
 def resolve_path(p: str, recipe_path: Optional[Path]) -> str:
