@@ -13,3 +13,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _autograd_left_on():
+    """A test (or a script it calls) that turns autograd off globally breaks every training test
+    after it, far from the cause (seen once: torch.set_grad_enabled(False) in a parity script)."""
+    yield
+    if not torch.is_grad_enabled():
+        torch.set_grad_enabled(True)
+        pytest.fail("this test left autograd disabled (torch.set_grad_enabled(False) without restoring it)")
