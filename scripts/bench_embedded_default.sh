@@ -13,12 +13,14 @@ OUT=docs/results
 DFLARE="drafter.name=dflare drafter.checkpoint=checkpoints/smollm2-dflare-domino"
 TREE="verifier.name=tree verifier.options.budget=null"   # cost-aware tree (measured verify cost)
 FULL="drafter.num_speculative_tokens=null"                 # verify the whole 8-token block
+# the runs documented with a fixed verify length (k=2, the quickstart's until it moved to the confidence policy)
+FIXED="verifier.length=fixed drafter.num_speculative_tokens=2"
 run() { echo "+ $*" >&2; "$@"; }
 
 
 if [[ $what == all || $what == methods ]]; then
   # every drafter x corrector x verifier x verify length of the embedded default, one process
-  run specforge bench recipes/quickstart.yaml prompts.limit=6 generation.max_new_tokens=96 --no-progress \
+  run specforge bench recipes/quickstart.yaml $FIXED prompts.limit=6 generation.max_new_tokens=96 --no-progress \
     --variant "drafter.num_speculative_tokens=1" \
     --variant "drafter.num_speculative_tokens=3" \
     --variant "drafter.num_speculative_tokens=4" \
@@ -40,7 +42,7 @@ if [[ $what == all || $what == confidence ]]; then
   # `schedule=false` verifies whole blocks but records the head's predictions: the calibration of every position.
   HEAD="verifier.length=confidence verifier.length_options.head=checkpoints/smollm2-confidence-head"
   # Also the correctors on the same drafter at k=2: none / Domino (the base row) / DSpark's Markov head.
-  run specforge bench recipes/quickstart.yaml bench.prompt_lookup_num_tokens=0 --no-progress \
+  run specforge bench recipes/quickstart.yaml $FIXED bench.prompt_lookup_num_tokens=0 --no-progress \
     --variant "drafter.num_speculative_tokens=1" \
     --variant "drafter.num_speculative_tokens=3" \
     --variant "$FULL verifier.length=confidence verifier.length_options.estimator=draft_probs" \
@@ -61,12 +63,12 @@ fi
 if [[ $what == all || $what == baselines ]]; then
   # transformers' assisted generation (an untrained early-exit assistant: nothing smaller shares
   # SmolLM2's tokenizer offline) is slow, so it gets its own short run
-  run specforge bench recipes/quickstart.yaml prompts.limit=3 generation.max_new_tokens=64 --no-progress \
+  run specforge bench recipes/quickstart.yaml $FIXED prompts.limit=3 generation.max_new_tokens=64 --no-progress \
     bench.assistant_model=early-exit:8 --json $OUT/smollm2_baselines.json
 fi
 
 if [[ $what == all || $what == t08 ]]; then
-  run specforge bench recipes/quickstart.yaml prompts.limit=3 generation.max_new_tokens=64 sampling.temperature=0.8 \
+  run specforge bench recipes/quickstart.yaml $FIXED prompts.limit=3 generation.max_new_tokens=64 sampling.temperature=0.8 \
     bench.prompt_lookup_num_tokens=0 --no-progress \
     --variant "corrector.name=none" \
     --variant "corrector.name=none verifier.options.rule=match" \

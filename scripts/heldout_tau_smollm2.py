@@ -30,7 +30,7 @@ def main() -> None:
     args = ap.parse_args()
     k = "null" if args.k == "full" else str(int(args.k))
     t0 = time.time()
-    r = load_recipe(str(RECIPE), [f"drafter.checkpoint={args.checkpoint}", "corrector.name=none",
+    r = load_recipe(str(RECIPE), [f"drafter.checkpoint={args.checkpoint}", "corrector.name=none", "verifier.length=fixed",
                                   f"drafter.num_speculative_tokens={k}", f"prompts.limit={args.prompts}"])
     pipe = build_pipeline(r)
     texts = [p.text for p in load_prompts(r)]
