@@ -222,3 +222,22 @@ def test_head_round_trip(tmp_path):
     loaded = pipe.generator.length_policy.head
     assert torch.equal(loaded.proj.weight, head.proj.weight.float())
     assert tiny_target is not None  # (tiny models only: nothing downloaded)
+
+
+@pytest.mark.parametrize("extra", [[], ["corrector.name=markov", "corrector.options.config.markov_rank=16"]])
+def test_smoke_bench_with_the_confidence_policy_is_lossless(tmp_path, extra):
+    """issue 15's done-means: `specforge bench recipes/smoke.yaml drafter.name=dflash verifier.length=confidence`
+    (and with a fresh Markov head) writes lossless: true, with the calibration of its predictions."""
+    import json
+    from pathlib import Path
+
+    from specforge_core.cli import main
+
+    smoke = Path(__file__).resolve().parents[1] / "recipes" / "smoke.yaml"
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(smoke), "drafter.name=dflash", "verifier.length=confidence", *extra,
+                 "prompts.limit=2", "generation.max_new_tokens=24", "--repeats", "1", "--json", str(out),
+                 "--no-progress"]) == 0
+    result = json.loads(out.read_text())
+    assert result["lossless"] is True and result["method"].endswith("+chain+confidence")
+    assert result["calibration"]["summary"]["count"] > 0
