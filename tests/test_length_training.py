@@ -13,6 +13,7 @@ from specforge_confidence.head import load_head
 from specforge_core.build import build_pipeline
 from specforge_core.errors import RecipeError
 from specforge_core.recipe import load_recipe
+from specforge_core.training.length_policy import load_collection, save_collection
 from specforge_core.training.run import train
 
 DATA = Path(__file__).resolve().parents[1] / "recipes" / "data"
@@ -38,8 +39,8 @@ def test_trains_the_confidence_head_from_engine_decoding(tmp_path):
     head = load_head(export)  # the published keys, loadable by the policy
     # the head learned the base rate of the drafter's acceptances (a BCE-trained bias): its mean
     # prediction on the collected blocks is close to the observed positive rate
-    cache = next((tmp_path / "run" / "data").glob("length-examples-*.pt"))
-    examples = torch.load(cache, weights_only=False)["examples"]
+    cache = next((tmp_path / "run" / "data").glob("length-examples-*.safetensors"))
+    examples = load_collection(cache)[1]
     hidden = torch.cat([e["hidden"][: min(e["accepted"] + 1, len(e["hidden"]))] for e in examples])
     labels = torch.cat([(torch.arange(min(e["accepted"] + 1, len(e["hidden"]))) < e["accepted"]).float()
                         for e in examples])
@@ -55,16 +56,16 @@ def test_trains_the_confidence_head_from_engine_decoding(tmp_path):
 
 def test_collection_resumes_and_is_reused(tmp_path):
     train(recipe(tmp_path, "training.epochs=1"), progress=False)
-    cache = next((tmp_path / "run" / "data").glob("length-examples-*.pt"))
+    cache = next((tmp_path / "run" / "data").glob("length-examples-*.safetensors"))
     stamp = cache.stat().st_mtime_ns
-    data = torch.load(cache, weights_only=False)
-    assert data["done"] == 10
+    done, examples = load_collection(cache)
+    assert done == 10
     # a half-finished collection (as after a kill) continues where it stopped
-    torch.save({"done": 5, "examples": [e for e in data["examples"]][:1]}, cache)
+    save_collection(cache, 5, examples[:1])
     train(recipe(tmp_path, "training.epochs=1", f"training.output_dir={tmp_path / 'run2'}",
                  f"training.data.cache_dir={tmp_path / 'run' / 'data'}"), progress=False)
-    again = torch.load(cache, weights_only=False)
-    assert again["done"] == 10 and cache.stat().st_mtime_ns != stamp
+    again, _ = load_collection(cache)
+    assert again == 10 and cache.stat().st_mtime_ns != stamp
 
 
 def test_a_policy_with_nothing_to_train_is_refused(tmp_path):

@@ -62,7 +62,7 @@ def train_length_policy(resolved: ResolvedRecipe, registry=None, progress: bool 
     stop = [i for i in [getattr(target.tokenizer, "eos_token_id", None)] if i is not None]
     max_new = tr.data.regen_max_new_tokens
     key = _collection_key(target, cfg, gen, prompts, max_new)
-    cache = (Path(tr.data.cache_dir) if tr.data.cache_dir else out / "data") / f"length-examples-{key}.pt"
+    cache = (Path(tr.data.cache_dir) if tr.data.cache_dir else out / "data") / f"length-examples-{key}.safetensors"
     examples = _collect(gen, policy, target, cfg, prompts, max_new, stop, cache, progress)
     if not examples:
         raise RecipeError("the training prompts produced no verified drafts to learn from")
@@ -112,8 +112,7 @@ def _collection_key(target, cfg, gen, prompts, max_new) -> str:
 
 def _collect(gen, policy, target, cfg, prompts, max_new, stop, cache: Path, progress: bool) -> list:
     """Decode every prompt at T=0 with the policy collecting; resumable (saved every few prompts)."""
-    state = torch.load(cache, weights_only=False) if cache.is_file() else {"done": 0, "examples": []}
-    done, examples = state["done"], state["examples"]
+    done, examples = load_collection(cache) if cache.is_file() else (0, [])
     if done >= len(prompts):
         return examples
     from tqdm.auto import tqdm
@@ -134,18 +133,38 @@ def _collect(gen, policy, target, cfg, prompts, max_new, stop, cache: Path, prog
             bar.update(1)
             bar.set_postfix(tau=f"{1 + accepted / max(cycles, 1):.2f}", blocks=len(examples))
             if (i + 1) % SAVE_EVERY_PROMPTS == 0 or i + 1 == len(prompts):
-                _save(cache, {"done": i + 1, "examples": examples})
+                save_collection(cache, i + 1, examples)
     finally:
         policy.collecting(False)
         bar.close()
     return examples
 
 
-def _save(path: Path, obj) -> None:
+def save_collection(path: Path, done: int, examples: list) -> None:
+    """Atomically, as safetensors (no pickle): each example's tensors under ``"{i}.{key}"``, its other
+    (JSON) values and the number of prompts done in the metadata. Examples are the policy's dicts."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{i}.{k}": v.contiguous() for i, ex in enumerate(examples) for k, v in ex.items()
+               if isinstance(v, torch.Tensor)}
+    plain = [{k: v for k, v in ex.items() if not isinstance(v, torch.Tensor)} for ex in examples]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
+    save_file(tensors, str(tmp), metadata={"done": str(done), "plain": json.dumps(plain)})
     os.replace(tmp, path)
+
+
+def load_collection(path: Path) -> "tuple[int, list]":
+    """``(prompts done, examples)`` from ``save_collection``'s file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        examples = json.loads(meta["plain"])
+        for name in f.keys():
+            i, k = name.split(".", 1)
+            examples[int(i)][k] = f.get_tensor(name)
+    return int(meta["done"]), examples
 
 
 def _evaluator(resolved, gen, policy, target, stop):
