@@ -36,7 +36,7 @@ def main() -> None:
     if not 1 <= args.prompts <= STAGE1_PROMPTS:
         raise SystemExit(f"--prompts must be 1..{STAGE1_PROMPTS} (the training prompts seen 16 times)")
     t0 = time.time()
-    resolved = load_recipe(str(RECIPE), ["corrector.name=none", "drafter.num_speculative_tokens=null", "verifier.length=fixed",
+    resolved = load_recipe(str(RECIPE), ["corrector.name=none", "drafter.num_speculative_tokens=null", "verifier.length=fixed", "verifier.length_options=null",
                                          f"prompts.limit={args.prompts}", *args.overrides])
     pipe = build_pipeline(resolved)
     sets = {"training_prompts": read_prompts(str(TRAIN_PROMPTS), limit=args.prompts),

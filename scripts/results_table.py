@@ -5,7 +5,9 @@ comes from a measured file and a command.
 
 One row per method (the recipe's, then each --variant, then transformers' baselines): tau, speedup
 (median over prompts of AR time / method time) with its range over the interleaved repeats,
-tokens/s, per-cycle time split, per-position acceptance (verified positions only), lossless.
+tokens/s, per-cycle time split (``propose`` is the corrector's per-block time, with sampling and
+building the chain / tree), per-position acceptance (verified positions only), lossless, and the
+corrector's parameters when the JSON records them.
 The last line says how the run was timed, on which machine, and whether it looked busy.
 """
 
@@ -24,12 +26,18 @@ def label(r: dict) -> str:
     return f"{r['method']} `{extra}`" if extra else r["method"]
 
 
+def params(r: dict) -> str:
+    n = r.get("corrector_params")
+    return "-" if not n else f"{n / 1e6:.2f} M"
+
+
 def table(result: dict) -> str:
-    out = ["| method | tau | speedup [range over repeats] | tok/s | ms per cycle: draft / propose / verify / accept "
-           "| acceptance at verified positions 1, 2, 3, ... | lossless |",
-           "|---|---|---|---|---|---|---|"]
+    with_params = any(r.get("corrector_params") for r in rows(result))  # bench JSON written since issue 14
+    out = ["| method | tau | " + ("corrector params | " if with_params else "") + "speedup [range over repeats] | tok/s | "
+           "ms per cycle: draft / propose / verify / accept | acceptance at verified positions 1, 2, 3, ... | lossless |",
+           "|---|---|" + ("---|" if with_params else "") + "---|---|---|---|---|"]
     ar = result["ar_tokens_per_s"]
-    out.append(f"| autoregressive (transformers `generate`) | 1 | 1.00x | {ar:.1f} | | | - |")
+    out.append(f"| autoregressive (transformers `generate`) | 1 | " + ("| " if with_params else "") + f"1.00x | {ar:.1f} | | | - |")
     for r in rows(result):
         split = r.get("time_split_ms")
         keys = ("draft", "propose", "verify", "accept")
@@ -38,7 +46,8 @@ def table(result: dict) -> str:
         tau = "-" if r.get("tau") is None else f"{r['tau']:.2f}"
         lo, hi = r["speedup_range"]
         lossless = {True: "yes", False: "**NO**", None: "n/a"}[r["lossless"]]
-        out.append(f"| {label(r)} | {tau} | {r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}] | {r['tokens_per_s']:.1f} | "
+        out.append(f"| {label(r)} | {tau} | " + (f"{params(r)} | " if with_params else "")
+                   + f"{r['speedup']:.2f}x [{lo:.2f}-{hi:.2f}] | {r['tokens_per_s']:.1f} | "
                    f"{split} | {acc} | {lossless} |")
     t = result["timing"]
     out.append("")

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=docs/results/threads
 mkdir -p $OUT
-BENCH="specforge bench recipes/quickstart.yaml verifier.length=fixed drafter.num_speculative_tokens=2 prompts.limit=2 generation.max_new_tokens=48 --repeats 2 --no-progress"
+BENCH="specforge bench recipes/quickstart.yaml verifier.length=fixed verifier.length_options=null drafter.num_speculative_tokens=2 prompts.limit=2 generation.max_new_tokens=48 --repeats 2 --no-progress"
 for n in 1 2; do $BENCH target.num_threads=$n --json $OUT/quiet_$n.json > /dev/null; done
 python -c "while True: pass" &
 busy=$!

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from omegaconf import OmegaConf
 
 from .errors import IncompatibleError, InputError, ModelLoadError, RecipeError
 from .hub import require_hub_or_cache
 from .prompts import encode_prompt, prompt_text, read_jsonl
-from .recipe import DEFAULT_BLOCK_SIZE, ResolvedRecipe, resolve_path
+from .recipe import DEFAULT_BLOCK_SIZE, ResolvedRecipe, corrector_members, resolve_path
 from .sampling import SamplingParams
 from .scheduler import SpeculativeGenerator
 from .target import TargetModel, default_adapter
@@ -264,8 +265,8 @@ def build_pipeline(resolved: ResolvedRecipe, registry=None, target: Optional[Tar
     print(f"specforge: drafter block_size {block_size} {source}", file=sys.stderr, flush=True)
     drafter = resolved.drafter_cls(resolved.drafter_options, block_size=block_size, checkpoint=checkpoint)
     corrector = None
-    if resolved.corrector_cls is not None:
-        corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=_ckpt(cfg.corrector.checkpoint, resolved))
+    if resolved.corrector_cls is not None:  # a stack (corrector.name: [a, b]) builds its members, each with its checkpoint
+        corrector = resolved.corrector_cls(resolved.corrector_options, checkpoint=corrector_checkpoint(resolved))
     verifier = resolved.verifier_cls(resolved.verifier_options)
     length_policy = resolved.length_cls(resolved.length_options) if resolved.length_cls is not None else None
     target = target if target is not None else load_target(cfg.target, registry)
@@ -302,8 +303,11 @@ def check_claims(checkpoint: str, resolved: ResolvedRecipe, registry=None) -> di
         return {}
     cfg = resolved.cfg
     parts = {f"drafter {cfg.drafter.name}": resolved.drafter_cls}
-    if resolved.corrector_cls is not None and cfg.corrector.checkpoint is None:  # it reads the drafter's directory
-        parts[f"corrector {cfg.corrector.name}"] = resolved.corrector_cls
+    if resolved.corrector_cls is not None:  # each corrector (stack member) without a checkpoint of its own
+        own = corrector_checkpoint(resolved)  # reads the drafter's directory: a part of the recipe
+        for name, cls in corrector_parts(resolved):
+            if (own.get(name) if isinstance(own, dict) else own) is None:
+                parts[f"corrector {name}"] = cls
     if registry is None:
         from .registry import default_registry
 
@@ -329,6 +333,23 @@ def drafter_block_size(recipe_value: Optional[int], drafter_cls: type, checkpoin
 
 def _ckpt(p: Optional[str], resolved: ResolvedRecipe) -> Optional[str]:
     return None if p is None else resolve_path(p, resolved.path)
+
+
+def corrector_checkpoint(resolved: ResolvedRecipe):
+    """``corrector.checkpoint`` resolved against the recipe: None, a path, or (a stack) a mapping
+    member name -> path or None (a member left out: None, it falls back to its own rule)."""
+    c = resolved.cfg.corrector.checkpoint
+    if OmegaConf.is_dict(c) or isinstance(c, dict):
+        return {str(k): _ckpt(v, resolved) for k, v in c.items()}
+    return _ckpt(c, resolved)
+
+
+def corrector_parts(resolved: ResolvedRecipe) -> "list[tuple[str, type]]":
+    """(name, class) of the recipe's corrector, or of every member of a stack, in order."""
+    members = getattr(resolved.corrector_options, "members", None)
+    if corrector_members(resolved.cfg) is not None and members is not None:
+        return [(m.name, m.cls) for m in members]
+    return [(str(resolved.cfg.corrector.name), resolved.corrector_cls)]
 
 
 # ---------------------------------------------------------------------------------------

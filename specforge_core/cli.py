@@ -304,6 +304,15 @@ def plan_text(resolved) -> str:
             name = cfg[kind].name
             lines.append(f"{kind}: none" if name == "none" else f"{kind}: {name} (NOT INSTALLED)")
             continue
+        members = getattr(getattr(resolved, f"{kind}_options"), "members", None) if kind == "corrector" else None
+        if members is not None:  # a stack (corrector.name: [a, b]): one line per member, in order
+            ckpt = cfg.corrector.get("checkpoint")
+            lines.append(f"corrector: stack {' -> '.join(m.name for m in members)} (applied in this order, one q at the end)")
+            for m in members:
+                own = ckpt.get(m.name) if hasattr(ckpt, "get") else ckpt
+                lines.append(f"  {m.name} ({m.cls.__module__}.{m.cls.__qualname__}"
+                             + (f", checkpoint {own}" if own else "") + f") options {m.options}")
+            continue
         extra = ""
         if kind == "drafter":
             bs = cfg.drafter.block_size

@@ -332,6 +332,9 @@ class Corrector(Component):
     """
 
     kind = "corrector"
+    # True when ``step`` returns a ``SparseProbs`` q (a final distribution, not logits): such a
+    # corrector can only be the last one of a stack (``corrector.name: [a, b]``)
+    sparse_output: ClassVar[bool] = False
 
     def __init__(self, options: Any, checkpoint: Optional[str] = None):
         self.options = options
@@ -356,6 +359,13 @@ class Corrector(Component):
         token realised at ``i - 1`` (``prev_token [b]``; the anchor for ``i == 0``), and the new
         state. Must not modify ``state`` in place (see the class rules)."""
 
+    def step_on(self, state: Any, i: int, prev_token: Tensor, logits: Tensor) -> "tuple[Union[Tensor, SparseProbs], Any]":
+        """Stacking (``corrector.name: [a, b]``, ``specforge_core.stack``): ``step`` applied to
+        ``logits [b, V]`` - the output of the corrector before this one in the stack at position
+        ``i`` - in place of the block's base logits row ``i``. Same purity rule as ``step``. A
+        corrector that does not implement it can only be first in a stack."""
+        raise NotImplementedError(f"corrector {type(self).__name__} cannot follow another corrector in a stack")
+
     def correct(self, block: DraftBlock, sampler: "Sampler") -> "tuple[Tensor, Optional[Probs]]":
         """Returns ``tokens [b, k]`` and the q of each position (``[b, k, V]`` or ``SparseProbs``)."""
         state = self.init_state(block)
@@ -378,6 +388,14 @@ class Corrector(Component):
         """Teacher forcing: final logits ``[n, k, V]`` of a block whose realised tokens are the
         ground truth ``teacher_tokens [n, k]`` (position i sees the tokens before it)."""
         raise NotImplementedError(f"corrector {type(self).__name__} has no training forward")
+
+    def training_objective(self, block: DraftBlock, labels: Tensor, weights: Tensor) -> Optional[dict]:
+        """A corrector whose output is not a full-vocabulary distribution (a re-ranker over the base
+        top-K, like DFlash2's selector) returns its own loss ``{"loss": scalar, **metrics}`` on a
+        teacher-forced block (``labels [n, k]`` the ground truth, ``weights [n, k]`` position decay x
+        validity); None (the default) = the engine's ``training.losses.corrector_loss`` over
+        ``training_forward``'s logits."""
+        return None
 
     def training_module(self) -> "torch.nn.Module":
         raise NotImplementedError(f"corrector {type(self).__name__} cannot be trained")

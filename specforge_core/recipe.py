@@ -59,8 +59,10 @@ class DrafterSection:
 
 @dataclass
 class CorrectorSection:
-    name: str = "none"  # "none" = sample drafts straight from the drafter's base logits
-    checkpoint: Optional[str] = None
+    # "none" = sample drafts straight from the drafter's base logits; a list [a, b] = a stack
+    # (specforge_core/stack.py): options / checkpoint are then mappings keyed by member name
+    name: Any = "none"  # str or non-empty list of str (checked in _check_values)
+    checkpoint: Any = None  # str or null; for a stack also a mapping member -> str / null
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,7 +73,9 @@ class VerifierSection:
     # how many of each block's drafts to verify: a length_policy plugin ("fixed": all of them, up to
     # drafter.num_speculative_tokens; "confidence": the expected-tokens-per-second optimum)
     length: str = "fixed"
-    length_options: Dict[str, Any] = field(default_factory=dict)  # validated against the policy's Options
+    # validated against the policy's Options; null clears them (an override switching the policy:
+    # `verifier.length=fixed verifier.length_options=null`)
+    length_options: Optional[Dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,12 +128,32 @@ class TrainDataSection:
 
 
 @dataclass
+class OPDSection:
+    """``training.strategy: draft_opd`` (training/draft_opd.py): rollouts of the current drafter under
+    the target's verification, replayed from the verification-exposed states."""
+
+    prompts_per_round: int = 16  # rollouts per round; the drafter is updated on them, then rolls out again
+    rollout_max_new_tokens: int = 128  # tokens each rollout generates (T=0: the target's greedy text)
+    rejected_weight: float = 1.0  # weight of the rejected-draft stream against the response stream
+    rejected_decay: float = 0.8  # a rejected draft at block offset j weighs rejected_decay ** (j - 1)
+
+
+@dataclass
 class TrainingSection:
     output_dir: str = "runs/train"  # checkpoints/, final/, metrics.jsonl; a rerun resumes from here
     data: TrainDataSection = field(default_factory=TrainDataSection)
     # what to train: drafter | corrector (head alone, frozen drafter) | both | length_policy (the
     # verifier.length policy, e.g. the confidence head, on the engine's own decoding; frozen drafter + corrector)
     component: str = "drafter"
+    # how the drafter learns: sft (blocks at random anchors of the target's regenerated responses) |
+    # draft_opd (Draft-OPD: on-policy rollouts, replayed from the anchors verification exposed)
+    strategy: str = "sft"
+    opd: OPDSection = field(default_factory=OPDSection)
+    # sft's per-position loss: ce (the target's token) | kd (KL to the target's distribution, top
+    # kd_top_k renormalised, at kd_temperature) | kd+ce (their sum)
+    loss: str = "ce"
+    kd_top_k: int = 64
+    kd_temperature: float = 1.0
     lambda_base_start: float = 1.0  # corrector curriculum: L = (1-l) L_final + l L_base, l: start -> 0
     lambda_base_decay_ratio: float = 1.0  # ... linearly over this fraction of the steps
     features: str = "online"  # target context features: online (same step) | offline (cached to disk once)
@@ -188,7 +212,9 @@ class ResolvedRecipe:
     @property
     def method(self) -> str:
         parts = [self.cfg.drafter.name]
-        if self.cfg.corrector.name != "none":
+        if corrector_members(self.cfg) is not None:
+            parts.extend(corrector_members(self.cfg))
+        elif self.cfg.corrector.name != "none":
             parts.append(self.cfg.corrector.name)
         parts.append(self.cfg.verifier.name)
         if self.cfg.verifier.length != "fixed":
@@ -303,7 +329,7 @@ def load_recipe(
             raise RecipeError(f"override '{o}' is not of the form key=value (e.g. sampling.temperature=0.7)")
     try:
         raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
+    except (OmegaConfBaseException, TypeError) as e:  # TypeError: a list over a mapping (or back)
         raise RecipeError(f"bad override: {str(e).splitlines()[0]}") from None
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Recipe), raw)
@@ -326,6 +352,12 @@ def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
     problems = []
     for kind in ("drafter", "corrector", "verifier"):
         section = cfg[kind]
+        if kind == "corrector" and corrector_members(cfg) is not None:
+            try:
+                _resolve_stack(resolved, registry)
+            except RecipeError as e:
+                problems.append(str(e))
+            continue
         if kind == "corrector" and section.name == "none":
             continue
         try:
@@ -339,7 +371,7 @@ def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
     try:  # the verify-length policy: its own plugin kind, named by verifier.length
         reg = registry.get("length_policy", cfg.verifier.length, key="verifier.length")
         resolved.length_options = validate_options("length_policy", cfg.verifier.length, reg.cls.Options,
-                                                   _recipe_relative(cfg.verifier.length_options, resolved.path),
+                                                   _recipe_relative(cfg.verifier.length_options or {}, resolved.path),
                                                    where="verifier.length_options")
         resolved.length_cls = reg.cls
     except RecipeError as e:
@@ -347,15 +379,73 @@ def resolve_plugins(resolved: ResolvedRecipe, registry=None) -> None:
     if problems:
         raise RecipeError("; ".join(problems))
     if resolved.corrector_cls is not None and not getattr(resolved.drafter_cls, "parallel", False):
+        name = "+".join(corrector_members(cfg) or [cfg.corrector.name])
         raise RecipeError(
-            f"corrector '{cfg.corrector.name}' needs a parallel drafter (DFlash, DFlare, ...); "
+            f"corrector '{name}' needs a parallel drafter (DFlash, DFlare, ...); "
             f"drafter '{cfg.drafter.name}' is not parallel. Set corrector.name=none or pick a parallel drafter"
         )
+
+
+def corrector_members(cfg: DictConfig) -> Optional[List[str]]:
+    """The member names of a stacked corrector (``corrector.name`` a list), else None."""
+    name = cfg.corrector.name
+    return [str(n) for n in name] if OmegaConf.is_list(name) or isinstance(name, list) else None
+
+
+def _resolve_stack(resolved: ResolvedRecipe, registry) -> None:
+    """``corrector.name: [a, b]``: each member's class and options (``corrector.options.<member>``),
+    the stacking rules (``stack.check_stack``); the built corrector is a ``CorrectorStack``."""
+    from .stack import CorrectorStack, StackMember, StackOptions, check_stack
+
+    cfg = resolved.cfg
+    names = corrector_members(cfg)
+    if "none" in names:
+        raise RecipeError("corrector.name: 'none' cannot be part of a list (use corrector.name: none for no corrector)")
+    options = cfg.corrector.options or {}
+    stray = [k for k in options if k not in names]
+    if stray:
+        raise RecipeError(f"corrector.options.{stray[0]}: '{stray[0]}' is not a member of corrector.name "
+                          f"[{', '.join(names)}]; a stack's options are keyed by member (corrector.options.<member>.<key>)")
+    classes = [registry.get("corrector", n).cls for n in names]
+    check_stack(names, classes)
+    members = []
+    for n, cls in zip(names, classes):
+        opts = validate_options("corrector", n, cls.Options, _recipe_relative(options.get(n), resolved.path),
+                                where=f"corrector.options.{n}")
+        members.append(StackMember(n, cls, opts))
+    resolved.corrector_cls, resolved.corrector_options = CorrectorStack, StackOptions(members)
 
 
 def _check_values(cfg: DictConfig, where: str) -> None:
     def bad(key, msg):
         raise RecipeError(f"{where}: {key} {msg}")
+
+    c = cfg.corrector
+    members = corrector_members(cfg)
+    if members is None and not isinstance(c.name, str):
+        bad("corrector.name", f"must be a corrector name, none, or a list of names (got {c.name!r})")
+    if members is not None:
+        if not members:
+            bad("corrector.name", "is an empty list: name a corrector, a list of them, or none")
+        if not all(isinstance(n, str) for n in c.name):
+            bad("corrector.name", f"must be a list of corrector names (got {list(c.name)!r})")
+        for n, v in (c.options or {}).items():
+            if v is not None and not OmegaConf.is_dict(v) and not isinstance(v, dict):
+                bad(f"corrector.options.{n}", f"must be a mapping of the member's options (got {v!r})")
+    ckpt_map = OmegaConf.is_dict(c.checkpoint)
+    if ckpt_map and members is None and c.name != "none":  # (none: the section is unused)
+        bad("corrector.checkpoint", "is a mapping, which only a stacked corrector (corrector.name: [a, b]) takes")
+    if ckpt_map and members is not None:
+        for n, v in c.checkpoint.items():
+            if n not in members:
+                bad(f"corrector.checkpoint.{n}", f"names no member of corrector.name [{', '.join(members)}]")
+            if v is not None and not isinstance(v, str):
+                bad(f"corrector.checkpoint.{n}", f"must be a path / hub id or null (got {v!r})")
+    if not ckpt_map and c.checkpoint is not None and not isinstance(c.checkpoint, str):
+        bad("corrector.checkpoint", f"must be a path / hub id, null, or (stacked corrector) a mapping (got {c.checkpoint!r})")
+    if members is not None and cfg.training.component in ("corrector", "both"):
+        bad("training.component", f"is '{cfg.training.component}' but the corrector is a stack "
+            f"[{', '.join(members)}]: train each member alone (corrector.name: <member>)")
 
     t = cfg.target
     if (t.model is None) == (t.config is None):
@@ -389,6 +479,25 @@ def _check_values(cfg: DictConfig, where: str) -> None:
         bad("training", f"needs lr > 0, 0 <= warmup_ratio < 1, gamma > 0 (got {tr.lr}, {tr.warmup_ratio}, {tr.gamma})")
     if tr.component not in ("drafter", "corrector", "both", "length_policy"):
         bad("training.component", f"must be drafter, corrector, both or length_policy (got '{tr.component}')")
+    if tr.strategy not in ("sft", "draft_opd"):
+        bad("training.strategy", f"must be sft or draft_opd (got '{tr.strategy}')")
+    if tr.loss not in ("ce", "kd", "kd+ce"):
+        bad("training.loss", f"must be ce, kd or kd+ce (got '{tr.loss}')")
+    if tr.kd_top_k < 1 or tr.kd_temperature <= 0:
+        bad("training", f"needs kd_top_k >= 1 and kd_temperature > 0 (got {tr.kd_top_k}, {tr.kd_temperature})")
+    if tr.loss != "ce" and tr.component != "drafter":
+        bad("training.loss", f"{tr.loss} distils the drafter (training.component: drafter, got '{tr.component}'); "
+                             "a corrector trains on its own loss")
+    if tr.strategy == "draft_opd":
+        o = tr.opd
+        if o.prompts_per_round < 1 or o.rollout_max_new_tokens < 2:
+            bad("training.opd", f"needs prompts_per_round >= 1 and rollout_max_new_tokens >= 2 "
+                                f"(got {o.prompts_per_round}, {o.rollout_max_new_tokens})")
+        if o.rejected_weight < 0 or not 0 < o.rejected_decay <= 1:
+            bad("training.opd", f"needs rejected_weight >= 0 and 0 < rejected_decay <= 1 "
+                                f"(got {o.rejected_weight}, {o.rejected_decay})")
+        if tr.component != "drafter":
+            bad("training.strategy", f"draft_opd trains the drafter (training.component: drafter, got '{tr.component}')")
     if tr.features not in ("online", "offline"):
         bad("training.features", f"must be online or offline (got '{tr.features}')")
     if tr.parallelism not in ("ddp", "fsdp"):

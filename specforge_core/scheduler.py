@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from .errors import InputError
-from .interfaces import Corrector, DraftBlock, DraftContext, Drafter, LengthPolicy, Verifier, check_parallel
+from .interfaces import Candidates, Corrector, DraftBlock, DraftContext, Drafter, LengthPolicy, Verifier, check_parallel
 from .sampling import Sampler, SamplingParams
 from .target import TargetModel
 
@@ -36,6 +36,16 @@ class CycleStats:
     num_positions: int = 0  # block positions the verifier could accept (the block after the cut; tree: its depth)
     # the length policy's predicted P(first j drafts accepted) for the verified positions j = 1 .. num_positions
     prefix_confidence: Optional[tuple] = None
+
+
+@dataclass
+class CycleView:
+    """What one verification exposed, for ``SpeculativeGenerator.on_cycle`` (read-only)."""
+
+    tokens: Tensor  # [1, t] committed before the cycle; tokens[:, -1] is the anchor (at position t - 1)
+    candidates: "Candidates"  # the verified drafts (a chain: candidates.tokens [1, n])
+    target_logits: Tensor  # [1, n + 1, V] row j: the target's logits after the anchor and the first j drafts
+    num_accepted: int  # drafts accepted (then the bonus token)
 
 
 @dataclass
@@ -79,7 +89,8 @@ def _stamp(device: torch.device, profile: bool) -> float:
 class SpeculativeGenerator:
     def __init__(self, target: TargetModel, drafter: Drafter, verifier: Verifier,
                  corrector: Optional[Corrector] = None, num_speculative_tokens: Optional[int] = None,
-                 profile: bool = False, length_policy: Optional[LengthPolicy] = None):
+                 profile: bool = False, length_policy: Optional[LengthPolicy] = None,
+                 on_cycle: Optional[Callable[["CycleView"], None]] = None):
         self.target, self.drafter, self.verifier, self.corrector = target, drafter, verifier, corrector
         # drafts verified per cycle at most (the block is drafted whole, then cut): fewer rows
         # per verify forward when the target's cost grows faster than acceptance
@@ -87,6 +98,9 @@ class SpeculativeGenerator:
         # picks how many of the (capped) drafts to verify, per cycle; None = all of them
         self.length_policy = length_policy
         self.profile = profile  # per-stage times on a GPU (costs a device sync per stage)
+        # called once per cycle after acceptance with what verification exposed (CycleView): the
+        # states on-policy training replays (training/draft_opd.py); None = nothing extra is done
+        self.on_cycle = on_cycle
         if corrector is not None:  # the core rule only; compatible_with is called once, by build_pipeline
             check_parallel(corrector, drafter)
         target.capture(drafter.context_layers)
@@ -165,6 +179,8 @@ class SpeculativeGenerator:
             host = torch.cat([accepted.num_accepted[:1], accepted.tokens[0]]).tolist()
             a = host[0]
             committed = host[1 : a + 2]  # accepted drafts + the bonus token
+            if self.on_cycle is not None:
+                self.on_cycle(CycleView(tokens, candidates, target_logits, a))
             rows = torch.cat([accepted.path.new_zeros(1), accepted.path[0, :a] + 1])  # anchor + accepted nodes
             target.keep(rows, contiguous=candidates.attention_mask is None)  # a chain keeps a prefix
             drafter.commit(a + 1, None if features is None else features[:, rows.to(features.device)])

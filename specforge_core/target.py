@@ -264,6 +264,13 @@ class TargetModel:
         self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
         return self._features()
 
+    @torch.no_grad()
+    def features_and_logits(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> "tuple[Optional[Tensor], Tensor]":
+        """Context features ``[b, S, F]`` and the logits ``[b, S, V]`` (float32; row ``t`` predicts
+        token ``t + 1``) of whole sequences in one forward: distillation targets (training)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return self._features(), out.logits.float()
+
     @torch.inference_mode()
     def greedy_reference(self, input_ids: Tensor, max_new_tokens: int, stop_token_ids: Sequence[int] = ()) -> Tensor:
         """Plain autoregressive greedy decoding with transformers' ``generate`` - the ground

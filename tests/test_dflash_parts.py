@@ -41,13 +41,17 @@ def test_swiglu_equals_qwen3_mlp(qwen3, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rotary_equals_qwen3_rotary(qwen3, dtype):
+    """Against transformers' Qwen3 rotary as ``from_pretrained(dtype=...)`` leaves it (inv_freq in
+    float32, cos / sin in the input's dtype); ours keeps inv_freq float32 even through ``.to(bf16)``."""
     cfg = qwen3.config
-    theirs = qwen3.model.rotary_emb
+    theirs = qwen3.model.rotary_emb.float()
     ours = RotaryEmbedding(cfg.head_dim, cfg.rope_parameters["rope_theta"])
     assert ours.state_dict() == {}  # inv_freq is not a checkpoint key
     positions = torch.tensor([[0, 1, 7, 300], [5, 6, 7, 8]])
     x = torch.zeros(1, dtype=dtype)
-    for a, b in zip(ours.to(dtype)(x, positions), theirs.to(dtype)(x, positions)):
+    ours = ours.to(dtype)
+    assert ours.inv_freq.dtype == torch.float32
+    for a, b in zip(ours(x, positions), theirs(x, positions)):
         assert a.dtype == b.dtype == dtype and torch.equal(a, b)
 
 

@@ -138,6 +138,8 @@ def test_shipped_checkpoints_are_small_bf16_published_layouts():
         dtypes = {"BF16"}
         if "markov_rank" in cfg and "dflash_config" not in cfg:  # a Markov head alone (corrector.checkpoint)
             assert cfg["markov_head_type"] in ("vanilla", "gated") and cfg["vocab_size"] == 49152
+        elif cfg.get("architectures") == ["CandidateSelector"]:  # DFlash2's selector alone (corrector.checkpoint)
+            assert set(cfg["dflash_config"]) == {"selector_rank", "selector_top_k"} and cfg["vocab_size"] == 49152
         elif cfg.get("enable_confidence_head"):  # the confidence head (verifier.length_options.head): 577 fp32 numbers
             assert cfg["hidden_size"] == 576
             dtypes = {"F32"}

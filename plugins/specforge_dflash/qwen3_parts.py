@@ -50,12 +50,22 @@ class SwiGLU(nn.Module):
 class RotaryEmbedding(nn.Module):
     """Default RoPE (RoFormer): ``inv_freq_i = theta^(-2i / hd)``; for position p the angles
     are ``p * inv_freq`` repeated twice along the head dim. ``inv_freq`` is a non-persistent
-    buffer (not in the checkpoint) and, as in transformers, follows the module's dtype."""
+    buffer (not in the checkpoint) that stays float32 when the module is cast (``.to(bf16)``), as
+    in z-lab's reference after ``from_pretrained(dtype=...)``: a bf16 ``inv_freq`` moves the
+    angles of long positions."""
 
     def __init__(self, head_dim: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))  # [hd/2]
-        self.inv_freq = nn.Buffer(inv_freq, persistent=False)
+        self.head_dim, self.theta = head_dim, theta
+        self.inv_freq = nn.Buffer(self._inv_freq(), persistent=False)
+
+    def _inv_freq(self) -> Tensor:
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float) / self.head_dim))  # [hd/2]
+
+    def _apply(self, fn, recurse=True):  # .to / .cuda / .half: move inv_freq, keep it float32
+        super()._apply(fn, recurse)
+        self.inv_freq = self._inv_freq().to(self.inv_freq.device)
+        return self
 
     def forward(self, x: Tensor, position_ids: Tensor) -> "tuple[Tensor, Tensor]":
         """position_ids [b, n] -> cos, sin [b, n, hd] in ``x``'s dtype."""

@@ -17,7 +17,7 @@ from typing import Dict
 
 import torch
 
-from specforge_core.training.losses import block_metrics, weighted_ce
+from specforge_core.training.losses import block_metrics, weighted_ce, weighted_kd
 
 Tensor = torch.Tensor
 
@@ -59,11 +59,16 @@ def block_mask(anchors: Tensor, keep: Tensor, seq_len: int, bs: int) -> Tensor:
 
 def block_forward(model, embed_tokens, batch: Dict[str, Tensor], num_anchors: int, generator=None):
     """Draft every anchor block in one forward. Returns hidden [b, A, bs, H], labels [b, A, bs],
-    weights [b, A, bs] (decay x validity), anchors [b, A]."""
+    weights [b, A, bs] (decay x validity), anchors [b, A], label positions [b, A, bs]. The anchors
+    are sampled at random, or given: ``batch["anchors"] [b, A]`` with ``batch["anchor_keep"] [b, A]``
+    (on-policy training replays the anchors its rollouts drafted from)."""
     ids, loss_mask, feats = batch["input_ids"], batch["loss_mask"], batch["target_hidden"]
     arch = model.arch
     bs, b, S = arch.block_size, ids.shape[0], ids.shape[1]
-    anchors, keep = sample_anchors(loss_mask, num_anchors, generator)
+    if "anchors" in batch:
+        anchors, keep = batch["anchors"], batch["anchor_keep"]
+    else:
+        anchors, keep = sample_anchors(loss_mask, num_anchors, generator)
     A = anchors.shape[1]
     offs = torch.arange(bs, device=ids.device)
     block_ids = torch.full((b, A, bs), arch.mask_token_id, dtype=torch.long, device=ids.device)
@@ -83,23 +88,39 @@ def block_forward(model, embed_tokens, batch: Dict[str, Tensor], num_anchors: in
     decay = torch.exp(-(k - (1 - shift)).clamp_min(0) / gamma)  # DFlash: exp(-(k-1)/g), k>=1; Domino: exp(-k/g)
     position_ok = offs >= (1 - shift)  # DFlash: position 0 (the anchor) has no label
     weights = decay * (position_ok & in_bounds & label_mask & keep[:, :, None]).float()
-    return hidden, labels, weights, anchors
+    return hidden, labels, weights, anchors, label_pos.clamp_max(S - 1)
 
 
 def block_training_loss(model, embed_tokens, lm_head, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    hidden, labels, weights, _ = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)),
-                                               batch.get("generator"))
+    """``batch["loss"]`` (recipe ``training.loss``): ce, or with the target's distributions
+    (``teacher_ids`` / ``teacher_logprobs [b, S, K]``, row t = the target's top-K for token t + 1)
+    kd or kd+ce (``specforge_core.training.losses.weighted_kd``)."""
+    hidden, labels, weights, _, label_pos = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)),
+                                                          batch.get("generator"))
     logits = lm_head(hidden)  # [b, A, bs, V]
-    return {"loss": weighted_ce(logits, labels, weights), **block_metrics(logits, labels, weights)}
+    kind = batch.get("loss", "ce")
+    out = {}
+    if kind != "ce":  # the target's distribution of each label: its row label_pos - 1
+        b, A, bs = labels.shape
+        rows = (label_pos - 1).clamp_min(0).reshape(b, -1, 1)  # [b, A*bs, 1]
+        t_ids = batch["teacher_ids"].gather(1, rows.expand(-1, -1, batch["teacher_ids"].shape[-1]))
+        t_lp = batch["teacher_logprobs"].gather(1, rows.expand(-1, -1, batch["teacher_logprobs"].shape[-1]))
+        kd = weighted_kd(logits, t_ids.view(b, A, bs, -1), t_lp.view(b, A, bs, -1), weights,
+                         float(batch.get("kd_temperature", 1.0)))
+        out["loss_kd"] = kd.detach()
+    ce = weighted_ce(logits, labels, weights)
+    loss = ce if kind == "ce" else kd if kind == "kd" else kd + ce
+    return {"loss": loss, "loss_ce": ce.detach(), **out, **block_metrics(logits, labels, weights)}
 
 
 def training_blocks(model, embed_tokens, batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """The drafted rows of every kept anchor block, flattened for a corrector's training:
     hidden [n, k, H], labels [n, k], weights [n, k], anchor [n] (token ids)."""
-    hidden, labels, weights, anchors = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)),
-                                                     batch.get("generator"))
+    hidden, labels, weights, anchors, _ = block_forward(model, embed_tokens, batch, int(batch.get("num_anchors", 512)),
+                                                        batch.get("generator"))
     first = 0 if model.arch.shift_label else 1  # DFlash: block row 0 (the anchor) drafts nothing
     anchor_ids = batch["input_ids"].gather(1, anchors)  # [b, A]
-    keep = weights.sum(-1) > 0  # [b, A]
+    # blocks with a label; given anchors are all kept, in their (b, A) order (on-policy replay)
+    keep = batch["anchor_keep"] if "anchors" in batch else weights.sum(-1) > 0  # [b, A]
     return {"hidden": hidden[:, :, first:][keep], "labels": labels[:, :, first:][keep],
             "weights": weights[:, :, first:][keep], "anchor": anchor_ids[keep]}

@@ -7,9 +7,9 @@ at positions ``start .. start + bs - 1`` embedded with the target's raw embeddin
 ``start``); block rows ``1 .. bs - 1`` are the drafts. The block carries the hidden states and lazy
 base logits = the target's lm_head, then ``output_multiplier`` / ``final_logit_softcapping``
 (reference ``compute_logits``), so the engine (or any corrector: domino, markov, ...) samples
-from them. The ``CandidateSelector`` is loaded with the weights and exposed as
-``drafter.candidate_selector`` for a selector corrector; without one the drafts are the base
-logits' (argmax at T = 0).
+from them. z-lab's drafting rescores the base top-K with DFlash2's candidate selector: that is the
+``selector`` corrector (``corrector.name: selector``, reading the ``candidate_selector.*`` keys of the
+same directory); without a corrector the drafts are the base logits' (argmax at T = 0).
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ from specforge_dflash.model import default_target_layer_ids
 
 from .layout import _int, arch_from_config, claims, check_against_target, draft_value, load_draft, read_tensors, save_draft
 from .model import FULL, DFlash2Arch, DFlash2DraftModel
-from .selector import CandidateSelector
 
 Tensor = torch.Tensor
 
-# a fresh drafter's DFlash2 fields when drafter.options.config does not give them (selector_top_k:
-# at most the vocabulary)
-FRESH_DEFAULTS = {"conv_kernel_size": 2, "conv_group_size": 16, "selector_rank": 16, "selector_top_k": 8}
+# a fresh drafter's DFlash2 fields when drafter.options.config does not give them
+FRESH_DEFAULTS = {"conv_kernel_size": 2, "conv_group_size": 16}
 
 
 @dataclass
@@ -43,7 +41,7 @@ class DFlash2Options:
     # a fresh (untrained) drafter when drafter.checkpoint is null: config.json fields (top level or
     # dflash_config names) overriding the defaults derived from the target - num_hidden_layers (1, or
     # len(layer_types)), intermediate_size, target_layer_ids, mask_token_id, conv_kernel_size (2), conv_group_size (16),
-    # selector_rank (16), selector_top_k (8), layer_types, sliding_window, output_multiplier (1.0),
+    # layer_types, sliding_window, output_multiplier (1.0),
     # final_logit_softcapping (null), input_embedding_scale (1.0), initializer_range (0.02), ...
     config: Optional[Dict[str, Any]] = None
     init_seed: int = 0
@@ -107,12 +105,6 @@ class DFlash2Drafter(Drafter):
     @property
     def context_layers(self):
         return tuple(self.arch.target_layer_ids)
-
-    @property
-    def candidate_selector(self) -> CandidateSelector:
-        """The checkpoint's selector (for a selector corrector): ``select`` / ``candidates`` /
-        ``project`` / ``scores``, fed with ``block.hidden`` and ``block.logits()``."""
-        return self.model.candidate_selector
 
     # ---- per request --------------------------------------------------------------------
     def reset(self) -> None:
@@ -181,7 +173,7 @@ def fresh_arch(target, overrides: Dict[str, Any], block_size: int) -> DFlash2Arc
              "head_dim", "intermediate_size", "rms_norm_eps", "rope_theta", "max_position_embeddings",
              "attention_bias", "layer_types", "sliding_window", "use_sliding_window", "is_causal",
              "num_target_layers", "mask_token_id", "target_layer_ids", "conv_kernel_size", "conv_group_size",
-             "selector_rank", "selector_top_k", "output_multiplier", "final_logit_softcapping",
+             "output_multiplier", "final_logit_softcapping",
              "input_embedding_scale"}
     unknown = set(o) - known
     if unknown:
@@ -205,8 +197,7 @@ def fresh_arch(target, overrides: Dict[str, Any], block_size: int) -> DFlash2Arc
     ids = draft_value({**cfg, "dflash_config": dcfg}, "target_layer_ids")
     if ids is None:
         ids = [min(max(i, 0), L - 1) for i in default_target_layer_ids(L, layers)]
-    defaults = {**FRESH_DEFAULTS, "selector_top_k": min(FRESH_DEFAULTS["selector_top_k"], target.vocab_size)}
-    cfg["dflash_config"] = {**defaults, "mask_token_id": mask_id, "block_size": block_size,
+    cfg["dflash_config"] = {**FRESH_DEFAULTS, "mask_token_id": mask_id, "block_size": block_size,
                             **{k: cfg.pop(k) for k in list(cfg) if k in FRESH_DEFAULTS or k in (
                                 "mask_token_id", "output_multiplier", "final_logit_softcapping",
                                 "input_embedding_scale")},
@@ -216,7 +207,7 @@ def fresh_arch(target, overrides: Dict[str, Any], block_size: int) -> DFlash2Arc
 
 
 def init_weights(model: DFlash2DraftModel, std: float) -> None:
-    """Linear weights, conv base kernels and selector codebooks normal(0, std); norms stay at 1."""
+    """Linear weights and conv base kernels normal(0, std); norms stay at 1."""
     for name, p in model.named_parameters():
         if not name.endswith("norm.weight"):
             torch.nn.init.normal_(p, std=std)

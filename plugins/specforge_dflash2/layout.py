@@ -1,9 +1,10 @@
 """z-lab's DFlash2 checkpoint layout: ``config.json`` (Qwen3 fields, ``layer_types`` /
 ``sliding_window`` / ``use_sliding_window``, and a ``dflash_config`` with ``mask_token_id``,
-``target_layer_ids``, ``block_size``, ``conv_kernel_size``, ``conv_group_size``, ``selector_rank``,
-``selector_top_k``, ``output_multiplier``, ``final_logit_softcapping``, ``input_embedding_scale``)
-+ ``model.safetensors`` with the keys of ``model.py``. Read offline with safetensors, no
-``trust_remote_code``.
+``target_layer_ids``, ``block_size``, ``conv_kernel_size``, ``conv_group_size``, ``output_multiplier``,
+``final_logit_softcapping``, ``input_embedding_scale``) + ``model.safetensors`` with the keys of
+``model.py``. Read offline with safetensors, no ``trust_remote_code``. The selector's part of a
+z-lab directory (``candidate_selector.*``, ``dflash_config.selector_rank`` / ``selector_top_k``) is
+claimed and read by the ``selector`` corrector; this drafter carries those fields through untouched.
 
 Field lookup mirrors the reference: ``_draft_value(config, name)`` = ``dflash_config[name]``, else the
 top-level field; the Qwen3 fields take ``transformers.Qwen3Config``'s defaults (the reference loads
@@ -26,18 +27,17 @@ from .model import FULL, SLIDING, DFlash2Arch, DFlash2DraftModel
 
 ARCHITECTURE = "DFlash2DraftModel"
 # the DFlash2 network's own keys (model.py), as stored: optionally nested under `model.`; a
-# corrector stored in the same directory (Domino, Markov) claims and reads its own
-OWN_PREFIXES = ("layers.", "fc.", "hidden_norm.", "norm.", "candidate_selector.")
+# corrector stored in the same directory (the selector, Domino, Markov) claims and reads its own
+OWN_PREFIXES = ("layers.", "fc.", "hidden_norm.", "norm.")
 
 
 def claims(key: str) -> bool:
     name = key[len("model."):] if key.startswith("model.") else key
     return name.startswith(OWN_PREFIXES)
 
-_CODEBOOKS = ("candidate_selector.predecessor_codebook", "candidate_selector.successor_codebook")
 # dflash_config fields DFlash2Arch owns
 _DFLASH_OWN = {"mask_token_id", "target_layer_ids", "block_size", "conv_kernel_size", "conv_group_size",
-               "selector_rank", "selector_top_k", "output_multiplier", "final_logit_softcapping",
+               "output_multiplier", "final_logit_softcapping",
                "input_embedding_scale"}
 # top-level config.json fields DFlash2Arch owns; everything else is carried through untouched
 _OWN = _DFLASH_OWN | {
@@ -93,9 +93,6 @@ def arch_from_config(cfg: dict, where: str) -> DFlash2Arch:
     ids = draft_value(cfg, "target_layer_ids") or default_target_layer_ids(L, D)
     heads = _int(cfg["num_attention_heads"], "num_attention_heads", where)
     nkv = cfg.get("num_key_value_heads", 32)  # Qwen3Config's defaults
-    top_k = _int(need("selector_top_k"), "dflash_config.selector_top_k", where)
-    if top_k > V:
-        raise ModelLoadError(f"{where}: dflash_config.selector_top_k {top_k} is larger than the vocabulary ({V})")
     group = _int(need("conv_group_size"), "dflash_config.conv_group_size", where)
     if H % group:
         raise ModelLoadError(f"{where}: dflash_config.conv_group_size {group} does not divide hidden_size {H}")
@@ -108,8 +105,7 @@ def arch_from_config(cfg: dict, where: str) -> DFlash2Arch:
         intermediate_size=_int(cfg["intermediate_size"], "intermediate_size", where), vocab_size=V,
         target_layer_ids=[int(i) for i in ids], mask_token_id=_int(need("mask_token_id"), "dflash_config.mask_token_id", where, 0),
         conv_kernel_size=_int(need("conv_kernel_size"), "dflash_config.conv_kernel_size", where),
-        conv_group_size=group, selector_rank=_int(need("selector_rank"), "dflash_config.selector_rank", where),
-        selector_top_k=top_k, block_size=_int(draft_value(cfg, "block_size", 16), "block_size", where),
+        conv_group_size=group, block_size=_int(draft_value(cfg, "block_size", 16), "block_size", where),
         num_target_layers=L, rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         rope_theta=float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0))),
         max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
@@ -138,8 +134,7 @@ def config_from_arch(arch: DFlash2Arch) -> dict:
         block_size=arch.block_size, num_target_layers=arch.num_target_layers,
         dflash_config={**extra_d, "mask_token_id": arch.mask_token_id, "target_layer_ids": list(arch.target_layer_ids),
                        "block_size": arch.block_size, "conv_kernel_size": arch.conv_kernel_size,
-                       "conv_group_size": arch.conv_group_size, "selector_rank": arch.selector_rank,
-                       "selector_top_k": arch.selector_top_k, "output_multiplier": arch.output_multiplier,
+                       "conv_group_size": arch.conv_group_size, "output_multiplier": arch.output_multiplier,
                        "final_logit_softcapping": arch.final_logit_softcapping,
                        "input_embedding_scale": arch.input_embedding_scale},
     )
@@ -164,13 +159,9 @@ def check_against_target(arch: DFlash2Arch, target, where: str) -> None:
 
 
 def read_tensors(directory: Path) -> dict:
-    """The checkpoint's own tensors (``claims``): ``model.`` prefix dropped, ``...codebook.weight``
-    (an HF-style save) read as the bare ``...codebook`` key; other keys are left to their owners."""
-    tensors = {k: v for k, v in load_state_dict(Path(directory), None, {"model.": ""}).items() if claims(k)}
-    for key in _CODEBOOKS:
-        if key + ".weight" in tensors and key not in tensors:
-            tensors[key] = tensors.pop(key + ".weight")
-    return tensors
+    """The checkpoint's own tensors (``claims``), ``model.`` prefix dropped; other keys are left to
+    their owners."""
+    return {k: v for k, v in load_state_dict(Path(directory), None, {"model.": ""}).items() if claims(k)}
 
 
 def load_draft(id_or_path: str, target) -> DFlash2DraftModel:

@@ -3,8 +3,10 @@
 DFlash2 = the DFlash block drafter (``specforge_dflash.model``) plus, per decoder layer, a
 ``GroupedDynamicCausalConv`` wrapped around the attention and around the MLP sublayer, optional
 sliding-window (causal) layers, and ``output_multiplier`` / ``final_logit_softcapping`` on the
-logits; plus a ``CandidateSelector`` (``selector.py``). Each class / function below names the
-reference piece it implements; equations and the order of operations follow it exactly.
+logits. Each class / function below names the reference piece it implements; equations and the
+order of operations follow it exactly. The reference's ``CandidateSelector`` (its
+``candidate_selector.*`` keys, ``selector_rank`` / ``selector_top_k``) is the ``selector`` corrector
+plugin: ``drafter.name: dflash2`` + ``corrector.name: selector`` is z-lab's DFlash2 drafting.
 
 State-dict keys = the z-lab checkpoint keys (no ``model.`` prefix):
 ``fc.weight``, ``hidden_norm.weight``, ``norm.weight``,
@@ -12,9 +14,7 @@ State-dict keys = the z-lab checkpoint keys (no ``model.`` prefix):
 ``layers.{i}.self_attn.{q,k,v,o}_proj.weight`` (+ ``.bias`` with ``attention_bias``),
 ``layers.{i}.self_attn.{q,k}_norm.weight``, ``layers.{i}.mlp.{gate,up,down}_proj.weight``,
 ``layers.{i}.{attention_conv,mlp_conv}.base_kernel`` ``[2, kernel, H]``,
-``layers.{i}.{attention_conv,mlp_conv}.kernel_projection.weight`` ``[2 * kernel * H / group, H]``,
-``candidate_selector.{predecessor,successor}_codebook`` ``[V, rank]`` (bare tensors),
-``candidate_selector.hidden_projection.weight`` ``[rank, H]``.
+``layers.{i}.{attention_conv,mlp_conv}.kernel_projection.weight`` ``[2 * kernel * H / group, H]``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from specforge_dflash.qwen3_parts import RMSNorm, RotaryEmbedding, SwiGLU, rotate_half
-
-from .selector import CandidateSelector
 
 Tensor = torch.Tensor
 
@@ -50,8 +48,6 @@ class DFlash2Arch:
     mask_token_id: int
     conv_kernel_size: int
     conv_group_size: int
-    selector_rank: int
-    selector_top_k: int
     block_size: int = 16
     num_target_layers: int = 36
     rms_norm_eps: float = 1e-6
@@ -194,9 +190,9 @@ class DFlash2Layer(nn.Module):
 
 
 class DFlash2DraftModel(nn.Module):
-    """Reference ``DFlash2DraftModel`` (= ``DFlashDraftModel`` + convs + selector): the context
-    ``hidden_norm(fc(cat_l h_l))`` shared by every layer, the layer stack over the block, the
-    final norm. Logits: ``compute_logits`` (reference ``DFlashDraftModel.compute_logits``)."""
+    """Reference ``DFlash2DraftModel`` (= ``DFlashDraftModel`` + convs; its selector is the
+    ``selector`` corrector): the context ``hidden_norm(fc(cat_l h_l))`` shared by every layer, the
+    layer stack over the block, the final norm. Logits: ``compute_logits`` (reference ``DFlashDraftModel.compute_logits``)."""
 
     def __init__(self, arch: DFlash2Arch):
         super().__init__()
@@ -207,7 +203,6 @@ class DFlash2DraftModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(arch.head_dim, arch.rope_theta)
         self.fc = nn.Linear(T * H, H, bias=False)
         self.hidden_norm = RMSNorm(H, eps=arch.rms_norm_eps)
-        self.candidate_selector = CandidateSelector(arch.vocab_size, H, arch.selector_rank, arch.selector_top_k)
 
     def forward(self, block_embeds: Tensor, target_hidden: Tensor, position_ids: Tensor, cache=None) -> Tensor:
         """block_embeds [b, q, H] (raw target embeddings x input_embedding_scale), target_hidden

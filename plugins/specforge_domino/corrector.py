@@ -113,10 +113,14 @@ class DominoCorrector(Corrector):
         return {"S": state, "hidden": block.hidden, "base": block.logits()}
 
     def step(self, state: dict, i: int, prev_token: Tensor) -> "tuple[Tensor, dict]":
+        return self.step_on(state, i, prev_token, state["base"][:, i])
+
+    def step_on(self, state: dict, i: int, prev_token: Tensor, logits: Tensor) -> "tuple[Tensor, dict]":
+        """``step`` on ``logits [b, V]`` (the previous corrector's, in a stack) instead of base row ``i``."""
         # pure (interfaces.Corrector): the GRU state after prev_token goes into a NEW dict; the
         # caller's state is untouched, so a tree can step several children from it
         S = self.head.gru_cell(self.embed(prev_token).to(state["S"].dtype), state["S"])  # [b, G]
-        logits = state["base"][:, i].float()  # [b, V]
+        logits = logits.float()  # [b, V]
         if i >= self.head.arch.pure_draft_prefix_len:
             logits = logits + self.head.correction(state["hidden"][:, i], S).float()
         return logits, {**state, "S": S}

@@ -126,9 +126,13 @@ class MarkovCorrector(Corrector):
         return MarkovState(block.logits(), block.hidden if self.head.arch.gated else None, 0)
 
     def step(self, state: MarkovState, i: int, prev_token: Tensor) -> "tuple[Tensor, MarkovState]":
-        # apply_step_logits of the reference: base logits of position i + bias(token realised at i - 1)
+        return self.step_on(state, i, prev_token, state.base[:, i])
+
+    def step_on(self, state: MarkovState, i: int, prev_token: Tensor, logits: Tensor) -> "tuple[Tensor, MarkovState]":
+        """``step`` on ``logits [b, V]`` (the previous corrector's, in a stack) instead of base row ``i``."""
+        # apply_step_logits of the reference: logits of position i + bias(token realised at i - 1)
         hidden = None if state.hidden is None else state.hidden[:, i]
-        logits = self.head.step_logits(state.base[:, i], prev_token, hidden)  # [b, V] fp32
+        logits = self.head.step_logits(logits, prev_token, hidden)  # [b, V] fp32
         return logits, state._replace(position=i + 1)
 
     @torch.inference_mode()

@@ -22,6 +22,9 @@ Counters (names as in vLLM's spec-decode metrics):
   num_accepted_tokens_per_pos per block position i, the cycles that accepted position i (only the
                               positions that are verified: ``num_speculative_tokens`` cuts them);
   accept_per_position         the same divided by num_drafts.
+  corrector_params            parameters of the corrector's own weights (0: no corrector);
+                              ``time_split_ms.propose`` is its per-block time (with sampling and
+                              building the chain / tree).
 
 Calibration: when a verify-length policy predicts P(first j drafts accepted) per cycle
 (``CycleStats.prefix_confidence``), ``calibration`` holds per-position ECE / AUROC / Brier of
@@ -38,6 +41,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..build import Pipeline, Prompt
+from ..errors import SpecForgeError
 from ..machine import load_average, looks_busy, machine_key
 from ..scheduler import GenerationResult
 from .calibration import calibration_from_cycles, summary_cell
@@ -83,6 +87,7 @@ class BenchResult:
     block_size: int = 0
     verified_positions: int = 0  # positions the verifier can accept (block cut by num_speculative_tokens)
     time_split_ms: Optional[dict] = None  # mean per cycle: draft / propose / verify / accept (None: not timed)
+    corrector_params: Optional[int] = None  # parameters of the corrector's weights (0: no corrector, None: unknown)
     timing: dict = field(default_factory=dict)  # threads, load average, machine key, busy flag
     # the length policy's confidence against acceptance: {per_position: [...], summary: {...}};
     # None (and no JSON key) when no cycle carried a prediction
@@ -243,9 +248,22 @@ def _counters(out: BenchResult, pipe: Pipeline, results: list[GenerationResult])
     out.accept_per_position = [c / n for c in per_pos]
     out.block_size, out.verified_positions = width, verified
     out.calibration = calibration_from_cycles(cycles)
+    out.corrector_params = parameter_count(getattr(gen, "corrector", None))
     if cycles and all(c.timed for c in cycles):
         out.time_split_ms = {k: 1000 * sum(getattr(c, f"{k}_s") for c in cycles) / n
                              for k in ("draft", "propose", "verify", "accept")}
+
+
+def parameter_count(component) -> Optional[int]:
+    """Parameters of a component's own weights (``training_module``; borrowed target embeddings are
+    not its own): 0 for no component, None for one without trainable weights."""
+    if component is None:
+        return 0
+    try:
+        module = component.training_module()
+    except (NotImplementedError, SpecForgeError):
+        return None
+    return sum(p.numel() for p in module.parameters())
 
 
 def markdown_table(results: list[BenchResult]) -> str:

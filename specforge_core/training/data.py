@@ -245,10 +245,10 @@ def sequence_key(seq: TokenizedSequence) -> str:
     return h.hexdigest()[:20]
 
 
-def cache_features(target, sequences: list[TokenizedSequence], directory: Path, progress: bool = True) -> Path:
-    """Offline mode: the target's context features of every sequence, one safetensors file
-    each (``target_hidden [S, F]``, written atomically, named by the sequence's content), computed
-    once and reused by every later run - also by a run whose prompt file has grown."""
+def _cache_each(sequences: list[TokenizedSequence], directory: Path, compute, desc: str, progress: bool) -> Path:
+    """One safetensors file per sequence (``compute(seq) -> {name: tensor}``), written atomically and
+    named by the sequence's content: computed once, reused by every later run - also by a run whose
+    prompt file has grown."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -258,13 +258,11 @@ def cache_features(target, sequences: list[TokenizedSequence], directory: Path, 
     if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="caching target features", unit="seq")
+        bar = tqdm(total=len(todo), desc=desc, unit="seq")
     for seq in todo:
-        ids = seq.input_ids[None].to(target.device)
-        feats = target.hidden_features(ids)[0].cpu().contiguous()  # [S, F]
         f = directory / f"{sequence_key(seq)}.safetensors"
         tmp = f.with_name(f.name + f".tmp-{os.getpid()}")
-        save_file({"target_hidden": feats}, str(tmp))
+        save_file({k: v.cpu().contiguous() for k, v in compute(seq).items()}, str(tmp))
         os.replace(tmp, f)
         if bar is not None:
             bar.update(1)
@@ -273,12 +271,33 @@ def cache_features(target, sequences: list[TokenizedSequence], directory: Path, 
     return directory
 
 
-def load_features(directory: Path, sequences: list[TokenizedSequence], length: int) -> Tensor:
-    """Cached features of ``sequences``, right-padded to ``length``: [b, length, F]."""
+def cache_features(target, sequences: list[TokenizedSequence], directory: Path, progress: bool = True) -> Path:
+    """Offline mode: the target's context features of every sequence (``target_hidden [S, F]``)."""
+    return _cache_each(sequences, directory, lambda seq: {"target_hidden": target.hidden_features(
+        seq.input_ids[None].to(target.device))[0]}, "caching target features", progress)
+
+
+def cache_teacher(target, sequences: list[TokenizedSequence], directory: Path, k: int, temperature: float,
+                  progress: bool = True) -> Path:
+    """The target distribution cache (``training.loss: kd``): per sequence the target's top-``k`` next
+    tokens of every row and their log-probabilities at ``temperature`` (``teacher_ids`` int32 /
+    ``teacher_logprobs`` float32 ``[S, k]``; row t is the distribution of token t + 1). The directory
+    name carries the target, k and the temperature; the files the sequence's content."""
+    from .losses import teacher_topk
+
+    def compute(seq):
+        ids, lp = teacher_topk(target.features_and_logits(seq.input_ids[None].to(target.device))[1][0], k, temperature)
+        return {"teacher_ids": ids.to(torch.int32), "teacher_logprobs": lp}
+
+    return _cache_each(sequences, directory, compute, "caching target distributions", progress)
+
+
+def load_features(directory: Path, sequences: list[TokenizedSequence], length: int, key: str = "target_hidden") -> Tensor:
+    """Cached rows ``key`` of ``sequences``, right-padded to ``length``: [b, length, ...]."""
     from safetensors.torch import load_file
 
-    rows = [load_file(str(Path(directory) / f"{sequence_key(s)}.safetensors"))["target_hidden"] for s in sequences]
-    out = rows[0].new_zeros(len(rows), length, rows[0].shape[-1])
+    rows = [load_file(str(Path(directory) / f"{sequence_key(s)}.safetensors"))[key] for s in sequences]
+    out = rows[0].new_zeros(len(rows), length, *rows[0].shape[1:])
     for j, r in enumerate(rows):
         out[j, : r.shape[0]] = r
     return out

@@ -16,6 +16,10 @@
   backbone's and is released as ``lambda_t`` decays. Its gradient in the final logits is
   ``p_final - ((1 - lambda_t) onehot(y) + lambda_t p_base)``: cross-entropy against a target
   that moves linearly from the backbone's distribution to the label.
+
+  A corrector whose output is not a full-vocabulary distribution (``Corrector.training_objective``
+  returns a loss, e.g. the selector's K-way cross-entropy) is trained on its own loss instead,
+  plus ``L_base`` when the drafter trains too; the curriculum does not apply to it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,28 @@ def weighted_kl(teacher_logits: Tensor, student_logits: Tensor, weights: Tensor)
     return (kl * weights).sum() / weights.sum().clamp_min(1e-6)
 
 
+def weighted_kd(logits: Tensor, teacher_ids: Tensor, teacher_logprobs: Tensor, weights: Tensor,
+                temperature: float = 1.0) -> Tensor:
+    """Distillation from the target's distribution, weighted and normalised like ``weighted_ce``:
+    per position ``KL(p || q) = sum_j p_j (log p_j - log q_j)`` over the target's top-K tokens
+    (``teacher_ids`` / ``teacher_logprobs [..., K]``: log-probabilities at ``temperature``, from
+    ``teacher_topk``), p renormalised over them, q = softmax(logits / temperature) over the full
+    vocabulary (mass q puts outside the top-K is what the normalisation takes from the K)."""
+    log_p = torch.log_softmax(teacher_logprobs.float(), -1)  # renormalised over the K
+    log_q = torch.log_softmax(logits.float() / temperature, -1).gather(-1, teacher_ids)  # [..., K]
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # [...]
+    return (kl * weights).sum() / weights.sum().clamp_min(1e-6)
+
+
+def teacher_topk(logits: Tensor, k: int, temperature: float = 1.0) -> "tuple[Tensor, Tensor]":
+    """The target's distributions to distil from, truncated: logits ``[..., V]`` -> the top-``k``
+    token ids and their log-probabilities under softmax(logits / temperature), ``[..., k]`` each
+    (ids long, log-probabilities float32: what the cache stores)."""
+    log_p = torch.log_softmax(logits.float() / temperature, -1)
+    top = log_p.topk(min(k, log_p.shape[-1]), -1)
+    return top.indices, top.values
+
+
 def corrector_loss(drafter, corrector, batch: dict, lambda_base: float, frozen_drafter: bool = False) -> Dict[str, Tensor]:
     """Domino paper section 4.2: teacher-forced corrector + base-anchored curriculum. With
     ``frozen_drafter`` the anchor is KL(p_base || p_final) (see the module docstring)."""
@@ -70,8 +96,14 @@ def corrector_loss(drafter, corrector, batch: dict, lambda_base: float, frozen_d
     blocks = drafter.training_blocks(batch)  # hidden [n, k, H], labels / weights [n, k], anchor [n]
     base = drafter.project_logits(blocks["hidden"])  # [n, k, V]
     block = DraftBlock(hidden=blocks["hidden"], base_logits=base, anchor=blocks["anchor"])
-    final = corrector.training_forward(block, blocks["labels"])  # teacher forcing, [n, k, V]
     labels, weights = blocks["labels"], blocks["weights"]
+    own = corrector.training_objective(block, labels, weights)  # a re-ranker's own loss (interfaces.Corrector)
+    if own is not None:  # frozen drafter: that loss alone; jointly: + the backbone's CE (its own logits stay strong)
+        l_base = weighted_ce(base, labels, weights)
+        loss = own["loss"] if frozen_drafter else own["loss"] + l_base
+        return {**own, "loss": loss, "loss_corrector": own["loss"].detach(), "loss_base": l_base.detach(),
+                **block_metrics(base, labels, weights, prefix="base_")}
+    final = corrector.training_forward(block, labels)  # teacher forcing, [n, k, V]
     l_final = weighted_ce(final, labels, weights)
     l_base = weighted_ce(base, labels, weights)
     extra = {}

@@ -9,15 +9,41 @@ import torch.distributed as dist
 
 from ..build import bind_parts, drafter_block_size, load_prompts, load_target
 from ..errors import RecipeError
-from ..recipe import ResolvedRecipe, resolve_path
+from ..recipe import ResolvedRecipe, corrector_members, resolve_path
 from ..sampling import SamplingParams
 from ..scheduler import SpeculativeGenerator
-from .losses import corrector_loss, curriculum_lambda
-from .data import RegenConfig, cache_features, cache_key, collate, load_features, read_prompts, regenerate
+from .losses import corrector_loss, curriculum_lambda, teacher_topk
+from .data import RegenConfig, cache_features, cache_key, cache_teacher, collate, load_features, read_prompts, regenerate
 from .fingerprint import target_identity
 from .trainer import Trainer, TrainerConfig, init_distributed, world
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def refuse_stack(cfg) -> None:
+    """A stacked corrector (``corrector.name: [a, b]``) is not trained (or saved) as one."""
+    if corrector_members(cfg) is not None:
+        raise RecipeError(f"specforge train does not take a stacked corrector ({' + '.join(corrector_members(cfg))}): "
+                          "train the drafter with corrector.name=none, or each member alone (corrector.name: <member>)")
+
+
+def checkpoint_io(drafter, corrector):
+    """``save_model(directory, dtype)`` / ``load_model(directory)`` of the trained parts: one checkpoint
+    holds the drafter and, next to its keys, the corrector's (the published Domino layout)."""
+
+    def save_model(directory: Path, dtype=torch.float32) -> None:
+        if corrector is None:
+            drafter.save_pretrained(directory, dtype=dtype)
+        else:
+            drafter.save_pretrained(directory, dtype=dtype, extra_tensors=corrector.checkpoint_tensors(),
+                                    config_updates=corrector.checkpoint_config())
+
+    def load_model(directory: Path) -> None:
+        drafter.load_weights(directory)
+        if corrector is not None:
+            corrector.load_weights(directory)
+
+    return save_model, load_model
 
 
 def build_for_training(resolved: ResolvedRecipe, target):
@@ -25,6 +51,7 @@ def build_for_training(resolved: ResolvedRecipe, target):
     the drafter, the corrector alone (frozen drafter), or both (``training.component``)."""
     cfg = resolved.cfg
     component = cfg.training.component
+    refuse_stack(cfg)
 
     def ckpt(p):
         return None if p is None else resolve_path(p, resolved.path)
@@ -54,12 +81,18 @@ def build_for_training(resolved: ResolvedRecipe, target):
 def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dict:
     cfg = resolved.cfg
     tr = cfg.training
+    if tr.strategy == "draft_opd":  # on-policy distillation from the engine's own rollouts
+        from .draft_opd import train_draft_opd
+
+        refuse_stack(cfg)
+        return train_draft_opd(resolved, registry, progress)
     if tr.component == "length_policy":  # the verify-length policy (e.g. a confidence head), frozen drafter
         from .length_policy import train_length_policy
 
         return train_length_policy(resolved, registry, progress)
     if tr.component != "drafter" and cfg.corrector.name == "none":
         raise RecipeError(f"training.component is '{tr.component}' but the recipe has no corrector (corrector.name=none)")
+    refuse_stack(cfg)  # before the target loads
     if tr.data.prompts is None:
         raise RecipeError("training.data.prompts is required: a local JSONL file or a Hugging Face dataset id")
     target = load_target(cfg.target, registry)
@@ -95,13 +128,31 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
         if world_size > 1:
             dist.barrier()
 
+    kd = tr.loss != "ce" and tr.component == "drafter"  # the drafter distils from the target's distributions
+    teacher_dir = None
+    if kd and tr.features == "offline":  # the target distribution cache, next to the features
+        teacher_dir = cache_dir / f"teacher-{cache_key(target_id, [], regen)}-k{tr.kd_top_k}-T{tr.kd_temperature:g}"
+        if rank == 0:
+            cache_teacher(target, sequences, teacher_dir, tr.kd_top_k, tr.kd_temperature, progress)
+        if world_size > 1:
+            dist.barrier()
+
     def make_batch(idx: list[int]) -> dict:
-        batch = {k: v.to(target.device) for k, v in collate([sequences[i] for i in idx], pad).items()}
+        seqs = [sequences[i] for i in idx]
+        batch = {k: v.to(target.device) for k, v in collate(seqs, pad).items()}
+        S = batch["input_ids"].shape[1]
         if features_dir is not None:
-            batch["target_hidden"] = load_features(features_dir, [sequences[i] for i in idx], batch["input_ids"].shape[1]).to(target.device)
+            batch["target_hidden"] = load_features(features_dir, seqs, S).to(target.device)
+        elif kd:  # one forward gives the features and the distributions
+            batch["target_hidden"], logits = target.features_and_logits(batch["input_ids"], batch["attention_mask"])
+            batch["teacher_ids"], batch["teacher_logprobs"] = teacher_topk(logits, tr.kd_top_k, tr.kd_temperature)
         else:
             batch["target_hidden"] = target.hidden_features(batch["input_ids"], batch["attention_mask"])
+        if kd and teacher_dir is not None:
+            batch["teacher_ids"] = load_features(teacher_dir, seqs, S, "teacher_ids").long().to(target.device)
+            batch["teacher_logprobs"] = load_features(teacher_dir, seqs, S, "teacher_logprobs").to(target.device)
         batch["num_anchors"], batch["gamma"] = tr.num_anchors, tr.gamma
+        batch["loss"], batch["kd_temperature"] = tr.loss if kd else "ce", tr.kd_temperature
         return batch
 
     def loss_fn(batch: dict, generator: torch.Generator) -> dict:
@@ -111,20 +162,10 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
         lam = curriculum_lambda(trainer.step / trainer.total_steps, tr.lambda_base_start, tr.lambda_base_decay_ratio)
         return corrector_loss(drafter, corrector, batch, lam, frozen_drafter=tr.component == "corrector")
 
-    def save_model(directory: Path, dtype=torch.float32) -> None:
-        if corrector is None:
-            drafter.save_pretrained(directory, dtype=dtype)
-        else:  # one checkpoint holds both (the published Domino layout)
-            drafter.save_pretrained(directory, dtype=dtype, extra_tensors=corrector.checkpoint_tensors(),
-                                    config_updates=corrector.checkpoint_config())
-
-    def load_model(directory: Path) -> None:
-        drafter.load_weights(directory)
-        if corrector is not None:
-            corrector.load_weights(directory)
-
+    save_model, load_model = checkpoint_io(drafter, corrector)
     evaluate = make_evaluator(resolved, target, drafter, corrector) if rank == 0 or world_size == 1 else None
-    curriculum = {} if tr.component == "drafter" else {  # lambda_t is a schedule over the steps too
+    curriculum = {"training.loss": tr.loss, "training.kd_top_k": tr.kd_top_k, "training.kd_temperature": tr.kd_temperature} \
+        if kd else {} if tr.component == "drafter" else {  # lambda_t is a schedule over the steps too
         "training.lambda_base_start": tr.lambda_base_start, "training.lambda_base_decay_ratio": tr.lambda_base_decay_ratio}
     trainer = Trainer(
         TrainerConfig(output_dir=str(out), lr=tr.lr, weight_decay=tr.weight_decay, warmup_ratio=tr.warmup_ratio,

@@ -232,8 +232,9 @@ class Trainer:
             last = {"step": self.step, **sums, "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
                     "step_s": time.perf_counter() - t0}
             if bar is not None:
-                bar.set_postfix(loss=f"{sums.get('loss', 0):.3f}", acc=f"{sums.get('accuracy', 0):.3f}",
-                                accept=f"{sums.get('accept_len', 0):.2f}")
+                live = {"tau": f"{sums['rollout_tau']:.3f}"} if "rollout_tau" in sums else {  # on-policy: live tau
+                    "accept": f"{sums.get('accept_len', 0):.2f}"}
+                bar.set_postfix(loss=f"{sums.get('loss', 0):.3f}", acc=f"{sums.get('accuracy', 0):.3f}", **live)
                 bar.update(1)
             done = self.step >= self.total_steps
             if (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or done:

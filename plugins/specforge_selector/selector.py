@@ -10,11 +10,10 @@ at ``i - 1`` (the anchor for ``i = 0``) and each candidate, gated by the positio
 ``hidden_projection`` ``[r, H]``). At T = 0 the selector takes ``argmax_j s_i[j]``; at T > 0 it samples
 from ``softmax(s_i / T)`` over the ``top_k`` candidates (a sparse q: zero outside ``c_i``).
 
-This module is what a *selector corrector* will call; the corrector itself is not built here (it
-needs the engine's sparse-q interface). The pieces, usable step by step from ``Corrector.step``:
-``candidates(logits)`` -> (unary, ids) once per block, ``project(hidden)`` once per block, and
-``scores(unary_i, ids_i, hidden_i, prev_token)`` per position; ``select`` runs the reference's
-whole loop (used by the parity check).
+The corrector (``corrector.py``) calls the pieces step by step from ``Corrector.step``:
+``candidates(logits)`` -> (unary, ids), ``project(hidden)`` once per block, and
+``scores(unary_i, ids_i, projected_i, prev_token)`` per position; ``select`` runs the reference's
+whole loop (used by the parity check, ``scripts/dflash2_parity.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +34,8 @@ class CandidateSelector(nn.Module):
 
     def __init__(self, vocab_size: int, hidden_size: int, rank: int, top_k: int):
         super().__init__()
-        self.top_k = int(top_k)
+        self.top_k = int(top_k)  # K
+        self.rank = int(rank)  # r
         self.predecessor_codebook = nn.Parameter(torch.zeros(vocab_size, rank))  # [V, r]
         self.successor_codebook = nn.Parameter(torch.zeros(vocab_size, rank))  # [V, r]
         self.hidden_projection = nn.Linear(hidden_size, rank, bias=False)

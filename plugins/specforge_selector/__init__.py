@@ -1,0 +1,1 @@
+"""DFlash2's candidate selector (z-lab) as a SpecForge corrector."""
