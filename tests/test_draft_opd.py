@@ -171,3 +171,17 @@ def test_draft_opd_needs_the_chain_verifier(tmp_path):
     with pytest.raises(RecipeError, match="rolls out with the chain verifier"):
         train(load_recipe(RECIPE, ["training.strategy=draft_opd", "verifier.name=tree",
                                    f"training.output_dir={tmp_path}"]), progress=False)
+
+
+def test_draft_opd_trains_through_a_corrector(sft_start, tmp_path):
+    """With a corrector in the recipe its (teacher-forced) q is the policy trained: the rollouts use
+    it, the drafter learns through it, and the export holds both parts."""
+    final, _ = sft_start
+    out = tmp_path / "opd_domino"
+    metrics = train(load_recipe(RECIPE, [*OPD, f"drafter.checkpoint={final}", "training.max_steps=2",
+                                         "training.opd.prompts_per_round=4", "corrector.name=domino",
+                                         "corrector.options.config={gru_hidden_dim: 16, emb_dim: 8}",
+                                         f"training.output_dir={out}"]), progress=False)
+    assert metrics["loss_rejected"] >= 0 and "eval_tau" in metrics
+    keys = set(load_file(str(out / "final" / "model.safetensors")))
+    assert any(k.startswith("prefix_gru.") for k in keys) and any(k.startswith("layers.") for k in keys)
