@@ -44,7 +44,6 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +146,7 @@ def draft_opd_loss(drafter, corrector, batch: dict, rejected_weight: float, reje
     blocks = drafter.training_blocks(batch)  # the kept anchors in (b, C) order: hidden [m, k, H], labels [m, k]
     keep = batch["anchor_keep"]
     hidden, labels = blocks["hidden"], blocks["labels"]  # labels: the committed text after each anchor
-    m, k = labels.shape
+    k = labels.shape[1]  # block offsets 1 .. k; m = labels.shape[0] replayed blocks
     accepted = batch["accepted"][keep]  # [m]
     drafted = batch["drafted"][keep][:, :k]  # [m, <=k]
     d_lp = batch["drafted_logprob"][keep][:, :k]  # [m, <=k] the target's log-prob of each draft
