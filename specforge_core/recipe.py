@@ -124,6 +124,7 @@ class TrainDataSection:
     regen_max_new_tokens: int = 256  # response length the target regenerates
     regen_temperature: float = 0.0  # 0 = the target's greedy response
     regen_batch_size: int = 1  # prompts regenerated together (left-padded; faster, batched numerics)
+    regen_static_cache: bool = False  # fixed KV buffers for regeneration (transformers' StaticCache; pays on a GPU)
     cache_dir: Optional[str] = None  # default: <output_dir>/data
 
 
@@ -136,6 +137,9 @@ class OPDSection:
     rollout_max_new_tokens: int = 128  # tokens each rollout generates (T=0: the target's greedy text)
     rejected_weight: float = 1.0  # weight of the rejected-draft stream against the response stream
     rejected_decay: float = 0.8  # a rejected draft at block offset j weighs rejected_decay ** (j - 1)
+    # the response stream's loss: binary_kl (the reference: the target's probability of the committed
+    # token, top-1) | kd (KL to the target's top-training.kd_top_k distribution at training.kd_temperature)
+    response_loss: str = "binary_kl"
 
 
 @dataclass
@@ -496,6 +500,8 @@ def _check_values(cfg: DictConfig, where: str) -> None:
         if o.rejected_weight < 0 or not 0 < o.rejected_decay <= 1:
             bad("training.opd", f"needs rejected_weight >= 0 and 0 < rejected_decay <= 1 "
                                 f"(got {o.rejected_weight}, {o.rejected_decay})")
+        if o.response_loss not in ("binary_kl", "kd"):
+            bad("training.opd.response_loss", f"must be binary_kl or kd (got '{o.response_loss}')")
         if tr.component != "drafter":
             bad("training.strategy", f"draft_opd trains the drafter (training.component: drafter, got '{tr.component}')")
     if tr.features not in ("online", "offline"):

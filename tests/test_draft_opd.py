@@ -97,6 +97,52 @@ def test_draft_opd_raises_tau_over_its_sft_start(sft_start, tmp_path):
     assert cfg["architectures"] == ["DFlashDraftModel"]
 
 
+def test_kd_response_stream_reads_the_target_distribution_of_each_predicted_token(sft_start):
+    """``opd.response_loss: kd`` aligns the target's distributions with the replayed block offsets:
+    at T = 0 the committed text is the target's argmax, so with K = 1 (p one-hot on the target's top
+    token) the top-K KL of every response position is exactly the cross-entropy on the committed
+    token - any off-by-one row would read another token's distribution."""
+    from specforge_core.build import load_target
+    from specforge_core.scheduler import SpeculativeGenerator
+    from specforge_core.training.draft_opd import draft_opd_loss, replay_batch, rollout
+    from specforge_verify.chain import ChainVerifier
+
+    final, _ = sft_start
+    r = load_recipe(RECIPE, [f"drafter.checkpoint={final}", "drafter.options.config=null"])
+    target = load_target(r.cfg.target)
+    d = r.drafter_cls(r.drafter_options, block_size=8, checkpoint=str(final))
+    d.bind(target)
+    target.capture(d.context_layers)
+    gen = SpeculativeGenerator(target, d, ChainVerifier())
+    rows = [rollout(gen, target.tokenizer.encode(p), 32, []) for p in ("A story about bees", "The tallest mountain")]
+    batch = replay_batch(rows, target, 0, teacher_top_k=1)
+    with torch.no_grad():
+        kd = draft_opd_loss(d, None, batch, 0.0, 0.8, "kd")
+        blocks = d.training_blocks(batch)
+        logits = d.project_logits(blocks["hidden"]).float()
+        k = blocks["labels"].shape[1]
+        keep = batch["anchor_keep"]
+        pos = batch["anchors"][keep][:, None] + torch.arange(1, k + 1)
+        seq = torch.arange(2)[:, None].expand_as(keep)[keep]
+        in_text = (pos < batch["input_ids"].shape[1]) & (batch["loss_mask"][seq[:, None], pos.clamp_max(batch["input_ids"].shape[1] - 1)] > 0)
+        resp = (torch.arange(1, k + 1)[None] <= batch["accepted"][keep][:, None] + 1) & in_text
+        ce = torch.nn.functional.cross_entropy(logits[resp], blocks["labels"][resp])
+        binary = draft_opd_loss(d, None, batch, 0.0, 0.8, "binary_kl")
+    assert resp.sum() > 10
+    assert torch.allclose(kd["loss"], ce, atol=1e-5), (kd["loss"], ce)
+    assert not torch.allclose(binary["loss"], ce, atol=1e-3)  # the reference's stream is another loss
+
+
+def test_draft_opd_with_the_kd_response_stream_trains_and_exports(sft_start, tmp_path):
+    final, _ = sft_start
+    out = tmp_path / "opd_kd"
+    metrics = train(load_recipe(RECIPE, [*OPD, f"drafter.checkpoint={final}", "training.max_steps=2",
+                                         "training.opd.prompts_per_round=4", "training.opd.response_loss=kd",
+                                         "training.kd_top_k=8", f"training.output_dir={out}"]), progress=False)
+    assert metrics["loss_response"] > 0 and "eval_tau" in metrics
+    assert json.loads((out / "final" / "config.json").read_text())["architectures"] == ["DFlashDraftModel"]
+
+
 def test_draft_opd_resumes_after_a_kill(sft_start, tmp_path):
     final, _ = sft_start
     args = [*OPD, f"drafter.checkpoint={final}", "training.max_steps=4", "training.opd.prompts_per_round=4"]
@@ -160,6 +206,7 @@ def test_kd_beats_ce_at_equal_steps(tmp_path):
     (["training.loss=l1"], "training.loss must be ce, kd or kd\\+ce"),
     (["training.loss=kd", "training.kd_top_k=0"], "kd_top_k >= 1"),
     (["training.strategy=draft_opd", "training.opd.rejected_decay=0"], "0 < rejected_decay <= 1"),
+    (["training.strategy=draft_opd", "training.opd.response_loss=ce"], "response_loss must be binary_kl or kd"),
     (["training.strategy=draft_opd", "training.component=both", "corrector.name=domino"], "draft_opd trains the drafter"),
 ])
 def test_bad_training_settings(overrides, match):

@@ -76,6 +76,32 @@ def test_confidence_calibration_prompts_are_new_text_for_the_drafter():
     assert not [p for p in cal if _ngrams(p) & bench_grams or p in bench]
 
 
+def test_diverse_prompts_are_broad_and_disjoint_from_benchmark_prompts():
+    """recipes/data/smollm2_diverse.jsonl (scripts/build_diverse_prompts.py, issue 16 lever 3): five
+    sources, multi-turn rows ending in a user turn, no duplicate, no 8-gram shared with a benchmark;
+    the offline sources are deterministic."""
+    import random
+    import sys
+
+    from specforge_core.bench.datasets import load_source
+
+    rows = [json.loads(l) for l in (ROOT / "recipes" / "data" / "smollm2_diverse.jsonl").read_text().splitlines()]
+    assert len(rows) >= 1000
+    sources = {r["source"] for r in rows}
+    assert sources == {"tasks", "docs", "code", "self-instruct", "multi-turn"}
+    texts = [" ".join(m["content"] for m in r["messages"]) if "messages" in r else r["prompt"] for r in rows]
+    assert len(set(texts)) == len(texts)
+    turns = [r["messages"] for r in rows if r["source"] == "multi-turn"]
+    assert len(turns) >= 100 and all([m["role"] for m in t] == ["user", "assistant", "user"] for t in turns)
+    bench = [r["turns"][0] for source in ("mt_bench", "humaneval") for r in load_source(source)]
+    bench_grams = set().union(*map(_ngrams, bench))
+    assert not [t[:60] for t in texts if _ngrams(t) & bench_grams or t in bench]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_diverse_prompts as b
+
+    assert b.offline_sources(random.Random(3), 20, 5, 5) == b.offline_sources(random.Random(3), 20, 5, 5)
+
+
 def test_bench_writes_json_answers_and_plots(tmp_path, capsys):
     code = main(["bench", str(ROOT / "recipes" / "smoke.yaml"), "prompts.limit=2", "generation.max_new_tokens=12",
                  "bench.prompt_lookup_num_tokens=3", "bench.assistant_model=early-exit:1", "--variant", "verifier.name=tree", "--repeats", "1",

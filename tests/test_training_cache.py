@@ -150,3 +150,59 @@ def test_over_long_chat_prompt_is_cut_in_the_middle_and_keeps_its_assistant_head
     assert "regeneration: 1 of 2 prompts cut in the middle to 63 tokens" in capsys.readouterr().out
     assert data.fit_prompt([1, 2, 3, 4, 5], 3) == ([1, 4, 5], True)
     assert data.fit_prompt([1, 2, 3], 3) == ([1, 2, 3], False)
+
+
+def test_multi_turn_rows_regenerate_the_answer_to_the_last_turn(tmp_path):
+    """A ``messages`` row with earlier turns (scripts/build_diverse_prompts.py, source 5) is kept whole:
+    the prompt is the chat-templated conversation, the response regenerated answers its last user turn,
+    and the cache key tells it from the same text as a single turn."""
+    import json
+
+    from specforge_core.prompts import encode_prompt
+    from specforge_core.target import TargetModel
+    from tiny import tiny_model
+
+    conv = [{"role": "user", "content": "name a fruit"}, {"role": "assistant", "content": "a pear"},
+            {"role": "user", "content": "another one?"}]
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"messages": conv}) + "\n" + json.dumps({"prompt": "hi"}) + "\n"
+                 + json.dumps({"messages": [{"role": "user", "content": "one turn only"}]}) + "\n")
+    prompts = data.read_prompts(str(f))
+    assert prompts == [conv, "hi", "one turn only"]  # a single-turn messages row stays a string
+    tok = _chat_tokenizer()
+    ids = encode_prompt(tok, conv, True)
+    assert tok.decode(ids) == ("<|im_start|>user\nname a fruit<|im_end|>\n<|im_start|>assistant\na pear<|im_end|>\n"
+                               "<|im_start|>user\nanother one?<|im_end|>\n<|im_start|>assistant\n")
+    target = TargetModel(tiny_model(vocab=320), tok)
+    cfg = data.RegenConfig(max_new_tokens=4, max_length=256, chat_template=True)
+    seqs = data.regenerate(target, prompts[:2], cfg, tmp_path, "tiny-chat", progress=False)
+    assert seqs[0].input_ids[seqs[0].loss_mask == 0].tolist() == ids and seqs[0].loss_mask.sum() >= 1
+    flat = " ".join(m["content"] for m in conv)
+    assert data.cache_key("t", [conv], cfg) != data.cache_key("t", [flat], cfg)
+
+
+def test_static_cache_regeneration_gives_the_same_responses_under_its_own_key(tmp_path):
+    """``data.regen_static_cache``: transformers' StaticCache in the batched generate; on the tiny fp32
+    target it regenerates the same tokens as the dynamic cache, batched and alone, and caches under a
+    key of its own (a key without it is unchanged, so older caches stay valid)."""
+    from specforge_core.target import TargetModel
+    from tiny import tiny_model
+
+    tok = _chat_tokenizer()
+    target = TargetModel(tiny_model(vocab=320), tok)
+    prompts = ["tell me a story", "hi", "what is a bee?"]
+    plain = data.RegenConfig(max_new_tokens=12, max_length=128, batch_size=1)
+    static = dataclasses.replace(plain, batch_size=2, static_cache=True)
+    a = data.regenerate(target, prompts, plain, tmp_path / "a", "tiny", progress=False)
+    b = data.regenerate(target, prompts, static, tmp_path / "b", "tiny", progress=False)
+    assert [s.input_ids.tolist() for s in a] == [s.input_ids.tolist() for s in b]
+    assert data.cache_key("tiny", prompts, plain) != data.cache_key("tiny", prompts, static)
+    legacy = {k: v for k, v in dataclasses.asdict(plain).items() if k != "static_cache"}  # the key before the option
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(["tiny", legacy, data.PROMPT_FORMAT], sort_keys=True, default=str).encode())
+    for p in prompts:
+        h.update(p.encode())
+        h.update(b"\0")
+    assert data.cache_key("tiny", prompts, plain) == h.hexdigest()[:16]

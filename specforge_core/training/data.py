@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 import torch
 
 from ..errors import InputError, ModelLoadError
-from ..prompts import encode_prompt, prompt_text, read_jsonl
+from ..prompts import encode_prompt, prompt_messages, prompt_text, read_jsonl
 
 Tensor = torch.Tensor
 
@@ -37,9 +37,11 @@ class TokenizedSequence:
 
 # ---- prompt sources ------------------------------------------------------------------------
 def read_prompts(source: str, split: str = "train", field: Optional[str] = None, limit: Optional[int] = None,
-                 base_dir: Optional[Path] = None) -> list[str]:
+                 base_dir: Optional[Path] = None) -> "list[str | list[dict]]":
     """Prompts from a local JSONL file (Spec-Bench ``turns``, ``prompt``, ``text``, ``instruction``
-    or ShareGPT ``conversations``) or a Hugging Face dataset id (needs `datasets` and network)."""
+    or ShareGPT ``conversations``) or a Hugging Face dataset id (needs `datasets` and network).
+    A multi-turn row (``messages`` / ``conversations``: earlier turns, then a user turn) is kept
+    whole, as a message list: the response regenerated is the answer to its last turn."""
     path = Path(source)
     if not path.is_absolute() and base_dir is not None and (base_dir / source).exists():
         path = base_dir / source
@@ -49,6 +51,12 @@ def read_prompts(source: str, split: str = "train", field: Optional[str] = None,
         rows = _read_hub_dataset(source, split)
     prompts = []
     for n, row in enumerate(rows, 1):
+        conversation = prompt_messages(row) if field is None else None
+        if conversation is not None:
+            prompts.append(conversation)
+            if limit is not None and len(prompts) >= limit:
+                break
+            continue
         text = prompt_text(row, field)
         if text is None:
             raise InputError(f"{source}: row {n} has no prompt field (tried {field or 'turns, prompt, text, instruction, conversations'})")
@@ -85,6 +93,7 @@ class RegenConfig:
     system_prompt: Optional[str] = None
     seed: int = 0
     batch_size: int = 1  # prompts generated together (left-padded); 1 = exactly the target's own greedy output
+    static_cache: bool = False  # fixed-size KV buffers (transformers' StaticCache) for the batched generate
 
 
 # how prompts become token ids (part of every cache key): 2 = an over-long prompt is cut in the
@@ -92,13 +101,16 @@ class RegenConfig:
 PROMPT_FORMAT = 2
 
 
-def cache_key(target_id: str, prompts: list[str], cfg: RegenConfig) -> str:
+def cache_key(target_id: str, prompts: list, cfg: RegenConfig) -> str:
     """``target_id``: the target's identity (``fingerprint.target_identity``: name, GGUF file,
     weights hash, tokenizer), so another model under the same name misses the cache."""
     h = hashlib.sha256()
-    h.update(json.dumps([target_id, cfg.__dict__, PROMPT_FORMAT], sort_keys=True, default=str).encode())
-    for p in prompts:
-        h.update(p.encode())
+    settings = dict(cfg.__dict__)
+    if not settings["static_cache"]:  # absent when off, so the keys of caches made before the option stay valid
+        del settings["static_cache"]
+    h.update(json.dumps([target_id, settings, PROMPT_FORMAT], sort_keys=True, default=str).encode())
+    for p in prompts:  # a string (single turn) or a message list (multi-turn)
+        h.update((p if isinstance(p, str) else json.dumps(p, sort_keys=True)).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
 
@@ -172,10 +184,15 @@ def regenerate(target, prompts: list[str], cfg: RegenConfig, cache_dir: Path, ta
 
 
 def _generate_batch(target, batch: list[list[int]], cfg: RegenConfig, stop: list[int]) -> list[Tensor]:
-    """Responses for a batch of prompts (left-padded), each cut after its first stop token."""
+    """Responses for a batch of prompts (left-padded), each cut after its first stop token.
+
+    Batching changes numerics: a left-padded row is computed in other matrix shapes than alone, so
+    in float arithmetic a near-tie between the two top tokens can flip, and the response follows the
+    other branch from there (``scripts/regen_exactness.py`` measures how often). ``batch_size: 1``
+    (without the static cache) is the target's own greedy decoding, token for token."""
     longest = max(len(ids) for ids in batch)
     budget = max(1, min(cfg.max_new_tokens, cfg.max_length - longest, target.context_length - longest))
-    if len(batch) == 1:
+    if len(batch) == 1 and not cfg.static_cache:
         x = torch.tensor(batch, device=target.device)
         return [target.reference_generate(x, budget, stop, temperature=cfg.temperature)[0].cpu()]
     from transformers import GenerationConfig
@@ -188,7 +205,8 @@ def _generate_batch(target, batch: list[list[int]], cfg: RegenConfig, stop: list
         attn[i, longest - len(row):] = 1
     sample = cfg.temperature > 0
     gen = GenerationConfig(max_new_tokens=budget, do_sample=sample, temperature=cfg.temperature if sample else None,
-                           top_k=None, top_p=None, eos_token_id=stop or None, pad_token_id=pad)
+                           top_k=None, top_p=None, eos_token_id=stop or None, pad_token_id=pad,
+                           cache_implementation="static" if cfg.static_cache else None)
     with torch.inference_mode():
         out = target.model.generate(input_ids=ids.to(target.device), attention_mask=attn.to(target.device),
                                     generation_config=gen)[:, longest:].cpu()

@@ -28,6 +28,12 @@ Rounds. Round ``r`` takes the next ``opd.prompts_per_round`` prompts and
    ``L = (sum_resp + w sum_j decay_j rej_j) / (N_resp + w sum_j decay_j)`` (w = ``rejected_weight``),
    log-probabilities clamped at -10 and per-token losses at +-10 as the reference does.
 
+   ``opd.response_loss: kd`` (ours, not the reference's) replaces the response stream's binary KL by
+   the KL to the target's whole top-K distribution at each of those positions (``training.kd_top_k``,
+   ``training.kd_temperature``; ``losses.weighted_kd``): the binary KL only moves q(y_j) toward
+   p(y_j), so with a flat target (p(y_j) < 1/2) it can push a correct argmax down; the top-K KL
+   keeps the target's ranking - the signal that made KD beat CE in supervised training.
+
 With a corrector in the recipe its q is the policy trained: the block's logits are the
 corrector's teacher-forced ones (``Corrector.training_forward``) - on the committed tokens for the
 response stream, on the drafted ones for the rejected stream - and the drafter learns through it.
@@ -115,9 +121,11 @@ def load_round(path: Path, meta: dict) -> list[dict]:
 
 
 # ---- 2. replay + loss ---------------------------------------------------------------------------
-def replay_batch(rows: list[dict], target, pad: int) -> dict:
+def replay_batch(rows: list[dict], target, pad: int, teacher_top_k: int = 0, teacher_temperature: float = 1.0) -> dict:
     """The rollouts as a training batch: the target's features and next-token log-probabilities of
-    the text, and the recorded anchors (``anchors`` / ``anchor_keep [b, C]``) with their records."""
+    the text, and the recorded anchors (``anchors`` / ``anchor_keep [b, C]``) with their records.
+    ``teacher_top_k > 0`` adds the target's top-K next-token distributions (``teacher_ids`` /
+    ``teacher_logprobs [b, S, K]``, row t the distribution of token t + 1) for ``response_loss: kd``."""
     b, S = len(rows), max(int(r["input_ids"].shape[0]) for r in rows)
     C = max(int(r["anchors"].shape[0]) for r in rows) or 1
     n = max(int(r["drafted"].shape[1]) for r in rows)
@@ -137,11 +145,16 @@ def replay_batch(rows: list[dict], target, pad: int) -> dict:
     nxt = batch["input_ids"][:, 1:]  # the target's log-prob of each next token of the text, [b, S]
     lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, nxt[..., None])[..., 0]
     batch["target_logprob"] = F.pad(lp, (0, 1))
+    if teacher_top_k > 0:
+        from .losses import teacher_topk
+
+        batch["teacher_ids"], batch["teacher_logprobs"] = teacher_topk(logits, teacher_top_k, teacher_temperature)
     batch["rollout_tau"] = sum(float(r["tau"]) for r in rows) / b
     return batch
 
 
-def draft_opd_loss(drafter, corrector, batch: dict, rejected_weight: float, rejected_decay: float) -> dict:
+def draft_opd_loss(drafter, corrector, batch: dict, rejected_weight: float, rejected_decay: float,
+                   response_loss: str = "binary_kl", kd_temperature: float = 1.0) -> dict:
     """The two streams of the module docstring on the replayed blocks."""
     blocks = drafter.training_blocks(batch)  # the kept anchors in (b, C) order: hidden [m, k, H], labels [m, k]
     keep = batch["anchor_keep"]
@@ -160,18 +173,27 @@ def draft_opd_loss(drafter, corrector, batch: dict, rejected_weight: float, reje
     p_label = batch["target_logprob"][seq[:, None], (pos - 1).clamp_max(S - 1)].clamp_min(LOG_FLOOR)  # [m, k]
     base = drafter.project_logits(hidden)  # [m, k, V]
     if corrector is None:
+        resp_logits = base
         logq_resp = logq_rej = torch.log_softmax(base.float(), -1)
     else:  # the corrected q: teacher-forced on the committed text, and on the drafts
         block = DraftBlock(hidden=hidden, base_logits=base, anchor=batch["input_ids"][seq, anchors])
-        logq_resp = torch.log_softmax(corrector.training_forward(block, labels).float(), -1)
+        resp_logits = corrector.training_forward(block, labels)
+        logq_resp = torch.log_softmax(resp_logits.float(), -1)
         forced = torch.where(drafted >= 0, drafted, labels)
         logq_rej = torch.log_softmax(corrector.training_forward(block, forced).float(), -1)
     # response stream: offsets 1 .. a + 1 of the text
     resp = (offs[None] <= accepted[:, None] + 1) & in_text
     lq = logq_resp.gather(-1, labels[..., None])[..., 0].clamp_min(LOG_FLOOR)
-    p, q = p_label.exp(), lq.exp()
-    binary_kl = p * (p_label - lq) + (1 - p) * (torch.log1p(-p.clamp_max(1 - 1e-6)) - torch.log1p(-q.clamp_max(1 - 1e-6)))
-    resp_loss = (binary_kl.clamp(-LOSS_CLAMP, LOSS_CLAMP) * resp).sum()
+    if response_loss == "kd":  # the target's top-K distribution at each position (module docstring)
+        from .losses import weighted_kd
+
+        row = (seq[:, None], (pos - 1).clamp_max(S - 1))
+        resp_loss = weighted_kd(resp_logits, batch["teacher_ids"][row], batch["teacher_logprobs"][row], resp.float(),
+                                kd_temperature) * resp.sum()
+    else:  # the reference's binary KL on the committed token
+        p, q = p_label.exp(), lq.exp()
+        binary_kl = p * (p_label - lq) + (1 - p) * (torch.log1p(-p.clamp_max(1 - 1e-6)) - torch.log1p(-q.clamp_max(1 - 1e-6)))
+        resp_loss = (binary_kl.clamp(-LOSS_CLAMP, LOSS_CLAMP) * resp).sum()
     # rejected stream: the drafts at offsets a + 1 .. n
     rej = (offs[None] > accepted[:, None]) & (drafted >= 0)
     lq_d = logq_rej.gather(-1, drafted.clamp_min(0)[..., None])[..., 0].clamp_min(LOG_FLOOR)
@@ -280,12 +302,14 @@ def train_draft_opd(resolved, registry=None, progress: bool = True) -> dict:
 
     def make_batch(idx: list[int]) -> dict:
         rows = round_rows(idx[0] // R)
-        batch = replay_batch([rows[i % R] for i in idx], target, pad)
+        kd = opd.response_loss == "kd"
+        batch = replay_batch([rows[i % R] for i in idx], target, pad, tr.kd_top_k if kd else 0, tr.kd_temperature)
         batch["gamma"] = tr.gamma
         return batch
 
     def loss_fn(batch: dict, generator) -> dict:
-        return draft_opd_loss(drafter, corrector, batch, opd.rejected_weight, opd.rejected_decay)
+        return draft_opd_loss(drafter, corrector, batch, opd.rejected_weight, opd.rejected_decay, opd.response_loss,
+                              tr.kd_temperature)
 
     save_model, load_model = checkpoint_io(drafter, corrector)
     trainer = RoundTrainer(

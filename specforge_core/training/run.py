@@ -108,7 +108,7 @@ def train(resolved: ResolvedRecipe, registry=None, progress: bool = True) -> dic
     regen = RegenConfig(max_new_tokens=tr.data.regen_max_new_tokens, temperature=tr.data.regen_temperature,
                         max_length=tr.data.max_length, chat_template=cfg.generation.chat_template,
                         system_prompt=cfg.generation.system_prompt, seed=tr.seed,
-                        batch_size=tr.data.regen_batch_size)
+                        batch_size=tr.data.regen_batch_size, static_cache=tr.data.regen_static_cache)
     cache_dir = Path(tr.data.cache_dir) if tr.data.cache_dir else out / "data"
     target_id = target_identity(target, cfg.target)  # name, GGUF file, weights hash, tokenizer
     if rank == 0:
