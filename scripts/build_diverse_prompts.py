@@ -167,14 +167,19 @@ def task_prompts(rng: random.Random, n: int) -> list[str]:
     return [_fill(rng.choice(rng.choice(pools)), rng) for _ in range(n)]
 
 
+def doc_modules():
+    """(name, module) of every DOC_MODULES entry this Python has."""
+    for m in DOC_MODULES:
+        try:
+            yield m, importlib.import_module(m)
+        except ImportError:
+            continue
+
+
 def doc_paragraphs() -> list[tuple[str, str]]:
     """Source 2: (module, paragraph) of 200-900 characters from stdlib module docstrings."""
     out = []
-    for m in DOC_MODULES:
-        try:
-            mod = importlib.import_module(m)
-        except ImportError:
-            continue
+    for m, mod in doc_modules():
         text = inspect.getdoc(mod) or ""
         for para in re.split(r"\n\s*\n", text):
             para = " ".join(para.split())
@@ -186,11 +191,7 @@ def doc_paragraphs() -> list[tuple[str, str]]:
 def api_entries() -> list[tuple[str, str, str, str]]:
     """Source 3: (module, name, signature, first docstring line) of public stdlib callables."""
     out = []
-    for m in DOC_MODULES:
-        try:
-            mod = importlib.import_module(m)
-        except ImportError:
-            continue
+    for m, mod in doc_modules():
         for name, obj in sorted(vars(mod).items()):
             if name.startswith("_") or not callable(obj) or (getattr(obj, "__module__", None) or m).split(".")[0] != m.split(".")[0]:
                 continue

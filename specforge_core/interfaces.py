@@ -340,10 +340,29 @@ class Corrector(Component):
         self.options = options
         self.checkpoint = checkpoint  # recipe `corrector.checkpoint` or None
 
+    drafter_hidden_size: Optional[int] = None  # the bound drafter's, kept by compatible_with
+    drafter_checkpoint: Optional[str] = None  # the drafter's checkpoint, which may hold this corrector too
+
     def compatible_with(self, drafter: Drafter) -> None:
         """Raise ``IncompatibleError`` naming the mismatch (hidden size, vocab, not parallel).
-        Called once, after ``drafter.bind`` and before this corrector's ``bind``."""
+        Called once, after ``drafter.bind`` and before this corrector's ``bind``. Keeps the two
+        drafter attributes a trained head needs: ``hidden_size`` and ``checkpoint``."""
         check_parallel(self, drafter)
+        self.drafter_hidden_size = drafter.hidden_size
+        self.drafter_checkpoint = drafter.checkpoint
+
+    def weights_source(self, fresh: bool, needs: str) -> Optional[str]:
+        """Where ``bind`` loads trained weights from: ``corrector.checkpoint``, else - unless ``fresh``
+        (the recipe asks for new weights from a config) - the drafter's checkpoint, since one trained
+        with this corrector holds both parts. None = build fresh weights. Raises ``RecipeError``
+        ("<needs>") when there is neither a checkpoint nor a config."""
+        if self.checkpoint is not None or fresh:
+            return self.checkpoint
+        if self.drafter_checkpoint is None:
+            from .errors import RecipeError
+
+            raise RecipeError(needs)
+        return self.drafter_checkpoint
 
     def reset(self) -> None:
         """A new request starts: forget per-request state (e.g. statistics of the committed

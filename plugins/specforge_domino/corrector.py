@@ -26,7 +26,7 @@ import torch
 
 from specforge_core.checkpoint import check_keys, load_state_dict, read_config, resolve_dir
 from specforge_core.errors import IncompatibleError, ModelLoadError, RecipeError
-from specforge_core.interfaces import Corrector, DraftBlock, Drafter
+from specforge_core.interfaces import Corrector, DraftBlock
 from specforge_core.sampling import Sampler
 
 from .head import DominoArch, DominoHead
@@ -79,22 +79,11 @@ class DominoCorrector(Corrector):
                 break
         return key.startswith(OWN_PREFIXES)
 
-    def compatible_with(self, drafter: Drafter) -> None:
-        """Called once, after the drafter is bound (interfaces.Corrector): keep the two documented
-        attributes the head needs - the drafter's hidden size (checked against the head in bind) and
-        its checkpoint (which may hold the head)."""
-        super().compatible_with(drafter)  # parallel drafters only
-        self.drafter_hidden_size = drafter.hidden_size
-        self.drafter_checkpoint = drafter.checkpoint
-
     def bind(self, target) -> None:
         self.embed = target.adapter.embed_tokens
-        source = self.checkpoint
-        if source is None and self.options.config is None:
-            source = self.drafter_checkpoint  # a Domino checkpoint holds both parts
-            if source is None:
-                raise RecipeError("corrector domino needs weights: corrector.checkpoint, a Domino checkpoint as "
-                                  "drafter.checkpoint, or corrector.options.config for a fresh (untrained) head")
+        source = self.weights_source(self.options.config is not None, (
+            "corrector domino needs weights: corrector.checkpoint, a Domino checkpoint as drafter.checkpoint, "
+            "or corrector.options.config for a fresh (untrained) head"))
         if source is not None:
             head = load_head(source, target)
         else:

@@ -28,7 +28,7 @@ import torch
 
 from specforge_core.checkpoint import read_config, resolve_dir
 from specforge_core.errors import IncompatibleError, ModelLoadError, RecipeError
-from specforge_core.interfaces import Corrector, DraftBlock, Drafter
+from specforge_core.interfaces import Corrector, DraftBlock
 from specforge_core.sampling import Sampler
 
 from .head import HEAD_TYPES, PREFIX, MarkovArch, MarkovHead
@@ -92,21 +92,10 @@ class MarkovCorrector(Corrector):
         name = key[len("model."):] if key.startswith("model.") else key
         return name.startswith(PREFIX)
 
-    def compatible_with(self, drafter: Drafter) -> None:
-        """Called once, after the drafter is bound (interfaces.Corrector): keep the drafter's
-        documented hidden size (the gated head reads its states) and checkpoint (may hold the head)."""
-        super().compatible_with(drafter)  # parallel drafters only
-        self.drafter_hidden_size = drafter.hidden_size
-        self.drafter_checkpoint = drafter.checkpoint
-
     def bind(self, target) -> None:
-        source = self.checkpoint
-        if source is None and self.options.config is None:
-            source = self.drafter_checkpoint  # a checkpoint trained here holds both parts
-            if source is None:
-                raise RecipeError("corrector markov needs weights: corrector.checkpoint (a DSpark draft directory), "
-                                  "a checkpoint trained with it as drafter.checkpoint, or corrector.options.config "
-                                  "for a fresh (untrained) head")
+        source = self.weights_source(self.options.config is not None, (
+            "corrector markov needs weights: corrector.checkpoint (a DSpark draft directory), a checkpoint trained "
+            "with it as drafter.checkpoint, or corrector.options.config for a fresh (untrained) head"))
         hidden_size = self.drafter_hidden_size or target.hidden_size
         if source is not None:
             head = load_head(source, target.vocab_size, hidden_size)

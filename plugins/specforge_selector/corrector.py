@@ -109,17 +109,12 @@ class SelectorCorrector(Corrector):
         if drafter.hidden_size is None:
             raise IncompatibleError(f"corrector selector reads the block's per-position hidden states; drafter "
                                     f"{type(drafter).__name__} returns none (hidden_size is None)")
-        self.drafter_hidden_size = drafter.hidden_size
-        self.drafter_checkpoint = drafter.checkpoint
 
     def bind(self, target) -> None:
-        source = self.checkpoint
-        if source is None and self.options.config is None:
-            source = self.drafter_checkpoint
-            if source is None:
-                raise RecipeError("corrector selector needs weights: corrector.checkpoint (a DFlash2 directory or an "
-                                  "exported selector), a checkpoint trained with it as drafter.checkpoint, or "
-                                  "corrector.options.config for a fresh (untrained) selector")
+        source = self.weights_source(self.options.config is not None, (
+            "corrector selector needs weights: corrector.checkpoint (a DFlash2 directory or an exported selector), "
+            "a checkpoint trained with it as drafter.checkpoint, or corrector.options.config for a fresh (untrained) "
+            "selector"))
         H, V = self.drafter_hidden_size, target.vocab_size
         if source is not None:
             head = load_selector(source, V, H)
