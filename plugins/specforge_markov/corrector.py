@@ -26,7 +26,7 @@ from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 
-from specforge_core.checkpoint import read_config, resolve_dir
+from specforge_core.checkpoint import load_state_dict, read_config, resolve_dir
 from specforge_core.errors import IncompatibleError, ModelLoadError, RecipeError
 from specforge_core.interfaces import Corrector, DraftBlock
 from specforge_core.sampling import Sampler
@@ -197,21 +197,7 @@ def arch_from_config(cfg: dict, where: str, vocab_size: int, hidden_size: int) -
 def read_markov_tensors(directory: Path, shapes: dict, arch: MarkovArch) -> dict:
     """The ``markov_head.*`` tensors of every ``*.safetensors`` shard (the rest of a DSpark draft -
     backbone, embeddings, confidence head - is never read), checked against ``shapes``."""
-    from safetensors import SafetensorError, safe_open
-
-    files = sorted(Path(directory).glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{directory}: no *.safetensors weights")
-    tensors = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as sf:
-                for key in sf.keys():
-                    name = key[len("model."):] if key.startswith("model.") else key
-                    if name.startswith(PREFIX):
-                        tensors[name] = sf.get_tensor(key)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"{f}: corrupt or truncated safetensors file ({e})") from None
+    tensors = load_state_dict(directory, aliases={"model.": ""}, claims=MarkovCorrector.claims)
     missing = sorted(set(shapes) - set(tensors))
     if missing:
         raise ModelLoadError(f"{directory}: missing Markov head tensor(s) {', '.join(missing)} "

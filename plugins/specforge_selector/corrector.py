@@ -31,7 +31,7 @@ from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 
-from specforge_core.checkpoint import read_config, resolve_dir
+from specforge_core.checkpoint import load_state_dict, read_config, resolve_dir
 from specforge_core.errors import IncompatibleError, ModelLoadError, RecipeError
 from specforge_core.interfaces import Corrector, DraftBlock, Drafter, SparseProbs
 
@@ -161,7 +161,7 @@ class SelectorCorrector(Corrector):
         return {"dflash_config": {"selector_rank": self.head.rank, "selector_top_k": self.head.top_k}}
 
     def load_weights(self, directory) -> None:
-        tensors = read_selector_tensors(Path(directory), expected_shapes(self.head), str(directory))
+        tensors = read_selector_tensors(Path(directory), expected_shapes(self.head))
         dtype = self.head.hidden_projection.weight.dtype
         self.head.load_state_dict({k[len(PREFIX):]: v.to(dtype) for k, v in tensors.items()})
 
@@ -181,37 +181,25 @@ def field(cfg: dict, name: str, where: str) -> int:
     return value
 
 
-def read_selector_tensors(directory: Path, shapes: dict, where: str) -> dict:
+def read_selector_tensors(directory: Path, shapes: dict) -> dict:
     """The ``candidate_selector.*`` tensors of every shard (``model.`` prefix dropped; an HF-style
     ``...codebook.weight`` read as the bare ``...codebook``), checked against ``shapes``."""
-    from safetensors import SafetensorError, safe_open
-
-    files = sorted(Path(directory).glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{where}: no *.safetensors weights")
     tensors = {}
-    for f in files:
-        try:
-            with safe_open(str(f), framework="pt") as sf:
-                for key in sf.keys():
-                    if SelectorCorrector.claims(key):
-                        name = key[len("model."):] if key.startswith("model.") else key
-                        for book in CODEBOOKS:
-                            if name == f"{PREFIX}{book}.weight":
-                                name = PREFIX + book
-                        tensors[name] = sf.get_tensor(key)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise ModelLoadError(f"{f}: corrupt or truncated safetensors file ({e})") from None
+    for name, t in load_state_dict(directory, aliases={"model.": ""}, claims=SelectorCorrector.claims).items():
+        for book in CODEBOOKS:
+            if name == f"{PREFIX}{book}.weight":
+                name = PREFIX + book
+        tensors[name] = t
     missing = sorted(set(shapes) - set(tensors))
     if missing:
-        raise ModelLoadError(f"{where}: missing selector tensor(s) {', '.join(missing)}")
+        raise ModelLoadError(f"{directory}: missing selector tensor(s) {', '.join(missing)}")
     extra = sorted(set(tensors) - set(shapes))
     if extra:
-        raise ModelLoadError(f"{where}: unexpected selector tensor(s) {', '.join(extra)}")
+        raise ModelLoadError(f"{directory}: unexpected selector tensor(s) {', '.join(extra)}")
     for k, shape in shapes.items():
         if tuple(tensors[k].shape) != tuple(shape):
             dims = "[selector_rank, hidden_size]" if k.endswith("hidden_projection.weight") else "[vocab_size, selector_rank]"
-            raise IncompatibleError(f"{where}: {k} has shape {list(tensors[k].shape)}, expected {list(shape)} = {dims} "
+            raise IncompatibleError(f"{directory}: {k} has shape {list(tensors[k].shape)}, expected {list(shape)} = {dims} "
                                     "(the drafter's hidden_size, the target's vocab_size, config.json's selector_rank)")
     return tensors
 
@@ -230,7 +218,7 @@ def load_selector(id_or_path: str, vocab_size: int, hidden_size: int) -> Candida
                                 f"{hidden_size} (the selector projects its hidden states)")
     with torch.device("meta"):
         shapes = expected_shapes(CandidateSelector(vocab_size, hidden_size, rank, top_k))
-    tensors = read_selector_tensors(directory, shapes, str(directory))
+    tensors = read_selector_tensors(directory, shapes)
     head = CandidateSelector(vocab_size, hidden_size, rank, top_k)
     head.load_state_dict({k[len(PREFIX):]: v.float() for k, v in tensors.items()})
     return head
