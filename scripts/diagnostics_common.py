@@ -32,16 +32,19 @@ def acceptance(pipe, texts: list[str], max_new_tokens: int, seeds: Iterable[Opti
     width = int(getattr(gen.drafter, "block_size", pipe.cfg.drafter.block_size))
     verified = width if gen.num_speculative_tokens is None else min(width, int(gen.num_speculative_tokens))
     stop = pipe.stop_token_ids()
-    cycles = []
+    cycles, per_prompt = [], []
     for seed in seeds:
         for text in texts:
             res = gen.generate(pipe.encode(text), max_new_tokens, pipe.sampling(seed), stop)
-            cycles += [c.num_accepted for c in res.cycles]  # drafted tokens accepted per verify forward
+            accepted = [c.num_accepted for c in res.cycles]  # drafted tokens accepted per verify forward
+            cycles += accepted
+            per_prompt.append([sum(accepted), len(accepted)])
     n = max(len(cycles), 1)
     per_pos = [sum(1 for a in cycles if a > i) for i in range(verified)]  # cycles that accepted position i
     return {"tau": round(1.0 + sum(cycles) / n, 4), "cycles": len(cycles), "accepted": sum(cycles),
             "accepted_per_position": per_pos, "accept_per_position": [round(c / n, 4) for c in per_pos],
-            "p2_given_1": round(per_pos[1] / per_pos[0], 4) if verified > 1 and per_pos[0] else None}
+            "p2_given_1": round(per_pos[1] / per_pos[0], 4) if verified > 1 and per_pos[0] else None,
+            "per_prompt": per_prompt}  # [accepted, cycles] per decode: for paired comparisons (scripts/paired_tau.py)
 
 
 def machine() -> str:

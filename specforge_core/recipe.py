@@ -140,6 +140,12 @@ class OPDSection:
     # the response stream's loss: binary_kl (the reference: the target's probability of the committed
     # token, top-1) | kd (KL to the target's top-training.kd_top_k distribution at training.kd_temperature)
     response_loss: str = "binary_kl"
+    # passes over each round's rollouts before the next round rolls out (verl's actor.ppo_epochs; the
+    # reference: 1). On a CPU the rollouts cost most of a round, so reusing them buys steps cheaply.
+    epochs_per_round: int = 1
+    # the rollouts' sampling temperature (the reference: 0, greedy); > 0 rolls out a sample of the
+    # target's distribution (speculative sampling, lossless), new text each round
+    rollout_temperature: float = 0.0
 
 
 @dataclass
@@ -502,8 +508,15 @@ def _check_values(cfg: DictConfig, where: str) -> None:
                                 f"(got {o.rejected_weight}, {o.rejected_decay})")
         if o.response_loss not in ("binary_kl", "kd"):
             bad("training.opd.response_loss", f"must be binary_kl or kd (got '{o.response_loss}')")
-        if tr.component != "drafter":
-            bad("training.strategy", f"draft_opd trains the drafter (training.component: drafter, got '{tr.component}')")
+        if o.epochs_per_round < 1:
+            bad("training.opd.epochs_per_round", f"must be >= 1 (got {o.epochs_per_round})")
+        if o.rollout_temperature < 0:
+            bad("training.opd.rollout_temperature", f"must be >= 0 (got {o.rollout_temperature})")
+        if tr.component not in ("drafter", "both"):
+            bad("training.strategy", f"draft_opd trains the drafter, or the drafter and its corrector "
+                                     f"(training.component: drafter or both, got '{tr.component}')")
+        if tr.component == "both" and cfg.corrector.name == "none":
+            bad("training.component", "is 'both' but the recipe has no corrector (corrector.name=none)")
     if tr.features not in ("online", "offline"):
         bad("training.features", f"must be online or offline (got '{tr.features}')")
     if tr.parallelism not in ("ddp", "fsdp"):

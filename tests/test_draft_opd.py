@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from specforge_core.errors import RecipeError
 from specforge_core.recipe import load_recipe
 from specforge_core.training.run import train
+from tiny import eval_tau
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "train_dflash_tiny.yaml")
@@ -27,15 +28,20 @@ OPD = ["training.strategy=draft_opd", "training.data.limit=64", "training.opd.pr
 
 
 def tau_of(checkpoint) -> float:
-    from specforge_core.build import load_target
-    from specforge_core.training.run import make_evaluator
+    return eval_tau(RECIPE, [f"drafter.checkpoint={checkpoint}", "drafter.options.config=null", "training.eval_limit=8"])
 
-    r = load_recipe(RECIPE, [f"drafter.checkpoint={checkpoint}", "drafter.options.config=null", "training.eval_limit=8"])
+
+def engine_of(checkpoint):
+    """The tiny target, the drafter at ``checkpoint`` bound to it, and the engine (chain verifier)."""
+    from specforge_core.build import load_target
+    from specforge_core.scheduler import SpeculativeGenerator
+    from specforge_verify.chain import ChainVerifier
+
+    r = load_recipe(RECIPE, [f"drafter.checkpoint={checkpoint}", "drafter.options.config=null"])
     target = load_target(r.cfg.target)
     d = r.drafter_cls(r.drafter_options, block_size=8, checkpoint=str(checkpoint))
     d.bind(target)
-    target.capture(d.context_layers)
-    return make_evaluator(r, target, d)()["tau"]
+    return target, d, SpeculativeGenerator(target, d, ChainVerifier())
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +55,11 @@ def test_rollout_states_are_what_inference_saw(sft_start):
     """The recorded blocks are the engine's: same accept decisions as a plain generate, the text is
     the target's greedy text, and replaying each recorded anchor with the same weights drafts the
     recorded block again (training states = inference states)."""
-    from specforge_core.build import load_target
     from specforge_core.sampling import SamplingParams
-    from specforge_core.scheduler import SpeculativeGenerator
     from specforge_core.training.draft_opd import replay_batch, rollout
-    from specforge_verify.chain import ChainVerifier
 
     final, _ = sft_start
-    r = load_recipe(RECIPE, [f"drafter.checkpoint={final}", "drafter.options.config=null"])
-    target = load_target(r.cfg.target)
-    d = r.drafter_cls(r.drafter_options, block_size=8, checkpoint=str(final))
-    d.bind(target)
-    gen = SpeculativeGenerator(target, d, ChainVerifier())
+    target, d, gen = engine_of(final)
     prompt = target.tokenizer.encode("The history of the printing press")
     row = rollout(gen, prompt, 40, [])
     plain = gen.generate(torch.tensor([prompt]), 40, SamplingParams())
@@ -102,18 +101,11 @@ def test_kd_response_stream_reads_the_target_distribution_of_each_predicted_toke
     at T = 0 the committed text is the target's argmax, so with K = 1 (p one-hot on the target's top
     token) the top-K KL of every response position is exactly the cross-entropy on the committed
     token - any off-by-one row would read another token's distribution."""
-    from specforge_core.build import load_target
-    from specforge_core.scheduler import SpeculativeGenerator
     from specforge_core.training.draft_opd import draft_opd_loss, replay_batch, rollout
-    from specforge_verify.chain import ChainVerifier
 
     final, _ = sft_start
-    r = load_recipe(RECIPE, [f"drafter.checkpoint={final}", "drafter.options.config=null"])
-    target = load_target(r.cfg.target)
-    d = r.drafter_cls(r.drafter_options, block_size=8, checkpoint=str(final))
-    d.bind(target)
+    target, d, gen = engine_of(final)
     target.capture(d.context_layers)
-    gen = SpeculativeGenerator(target, d, ChainVerifier())
     rows = [rollout(gen, target.tokenizer.encode(p), 32, []) for p in ("A story about bees", "The tallest mountain")]
     batch = replay_batch(rows, target, 0, teacher_top_k=1)
     with torch.no_grad():
@@ -165,17 +157,12 @@ def test_draft_opd_resumes_after_a_kill(sft_start, tmp_path):
 def sampled_tau(checkpoint, seeds: int = 4) -> float:
     """tau at T=1 (chain, residual rule) on the 8 held-out prompts, 4 seeds each: what a drafter
     whose q matches the target's p gains (acceptance sum_x min(p, q))."""
-    from specforge_core.build import load_prompts, load_target
+    from specforge_core.build import load_prompts
     from specforge_core.prompts import encode_prompt
     from specforge_core.sampling import SamplingParams
-    from specforge_core.scheduler import SpeculativeGenerator
-    from specforge_verify.chain import ChainVerifier
 
     r = load_recipe(RECIPE, [f"drafter.checkpoint={checkpoint}", "drafter.options.config=null"])
-    target = load_target(r.cfg.target)
-    d = r.drafter_cls(r.drafter_options, block_size=8, checkpoint=str(checkpoint))
-    d.bind(target)
-    gen = SpeculativeGenerator(target, d, ChainVerifier())
+    target, _, gen = engine_of(checkpoint)
     accepted = cycles = 0
     for p in load_prompts(r)[:8]:
         ids = torch.tensor([encode_prompt(target.tokenizer, p.text, False)])
@@ -207,7 +194,10 @@ def test_kd_beats_ce_at_equal_steps(tmp_path):
     (["training.loss=kd", "training.kd_top_k=0"], "kd_top_k >= 1"),
     (["training.strategy=draft_opd", "training.opd.rejected_decay=0"], "0 < rejected_decay <= 1"),
     (["training.strategy=draft_opd", "training.opd.response_loss=ce"], "response_loss must be binary_kl or kd"),
-    (["training.strategy=draft_opd", "training.component=both", "corrector.name=domino"], "draft_opd trains the drafter"),
+    (["training.strategy=draft_opd", "training.component=corrector", "corrector.name=domino"], "draft_opd trains the drafter"),
+    (["training.strategy=draft_opd", "training.component=both"], "'both' but the recipe has no corrector"),
+    (["training.strategy=draft_opd", "training.opd.epochs_per_round=0"], "epochs_per_round must be >= 1"),
+    (["training.strategy=draft_opd", "training.opd.rollout_temperature=-1"], "rollout_temperature must be >= 0"),
 ])
 def test_bad_training_settings(overrides, match):
     with pytest.raises(RecipeError, match=match):
@@ -232,3 +222,50 @@ def test_draft_opd_trains_through_a_corrector(sft_start, tmp_path):
     assert metrics["loss_rejected"] >= 0 and "eval_tau" in metrics
     keys = set(load_file(str(out / "final" / "model.safetensors")))
     assert any(k.startswith("prefix_gru.") for k in keys) and any(k.startswith("layers.") for k in keys)
+
+
+def test_draft_opd_trains_the_corrector_too_with_component_both(sft_start, tmp_path):
+    """``training.component: both`` trains the Domino head with the drafter (``drafter`` leaves the head
+    as it started), and ``opd.epochs_per_round: 2`` replays a round's rollouts twice: 2 steps of 4
+    rollouts each (batch 4) stay in round 0."""
+    final, _ = sft_start
+    common = [*OPD, f"drafter.checkpoint={final}", "training.max_steps=2", "training.opd.prompts_per_round=4",
+              "training.opd.epochs_per_round=2", "corrector.name=domino",
+              "corrector.options.config={gru_hidden_dim: 16, emb_dim: 8}"]
+    heads = {}
+    for component in ("drafter", "both"):
+        out = tmp_path / component
+        train(load_recipe(RECIPE, [*common, f"training.component={component}", f"training.output_dir={out}"]), progress=False)
+        assert sorted(p.name for p in (out / "rollouts").iterdir()) == ["round-00000.safetensors"]
+        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert steps[-1] == 2
+        heads[component] = {k: v for k, v in load_file(str(out / "final" / "model.safetensors")).items()
+                            if k.startswith("prefix_gru.")}
+    assert heads["drafter"] and heads["drafter"].keys() == heads["both"].keys()
+    assert any(not torch.equal(heads["drafter"][k], heads["both"][k]) for k in heads["drafter"])
+
+
+def test_sampled_rollouts_are_the_engines_samples(sft_start, tmp_path):
+    """``opd.rollout_temperature > 0``: a rollout is the engine's own speculative sample with its seed
+    (the same text and accept decisions as a plain generate), not the greedy text; a run with it
+    trains and records the temperature with its rollouts."""
+    from safetensors import safe_open
+
+    from specforge_core.sampling import SamplingParams
+    from specforge_core.training.draft_opd import rollout
+
+    final, _ = sft_start
+    target, d, gen = engine_of(final)
+    prompt = target.tokenizer.encode("The history of the printing press")
+    row = rollout(gen, prompt, 40, [], SamplingParams(temperature=1.0, seed=7))
+    plain = gen.generate(torch.tensor([prompt]), 40, SamplingParams(temperature=1.0, seed=7))
+    assert row["accepted"].tolist() == [c.num_accepted for c in plain.cycles]
+    assert row["input_ids"][len(prompt):].tolist() == plain.tokens
+    assert plain.tokens != target.greedy_reference(torch.tensor([prompt]), 40)[0].tolist()
+
+    out = tmp_path / "opd_sampled"
+    train(load_recipe(RECIPE, [*OPD, f"drafter.checkpoint={final}", "training.max_steps=1",
+                               "training.opd.prompts_per_round=4", "training.opd.rollout_temperature=1.0",
+                               f"training.output_dir={out}"]), progress=False)
+    with safe_open(str(out / "rollouts" / "round-00000.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["meta"])["rollout_temperature"] == 1.0

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from specforge_core.recipe import load_recipe
 from specforge_core.training.run import train
+from tiny import eval_tau
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = str(ROOT / "recipes" / "train_dflash_tiny.yaml")
@@ -25,15 +26,7 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
 def tau_of(overrides: list[str]) -> float:
-    from specforge_core.build import load_target
-    from specforge_core.training.run import make_evaluator
-
-    r = load_recipe(RECIPE, overrides)
-    target = load_target(r.cfg.target)
-    d = r.drafter_cls(r.drafter_options, block_size=r.cfg.drafter.block_size, checkpoint=r.cfg.drafter.checkpoint)
-    d.bind(target)
-    target.capture(d.context_layers)
-    return make_evaluator(r, target, d)()["tau"]
+    return eval_tau(RECIPE, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -29,3 +29,18 @@ def tiny_model(seed: int = 0, **kw) -> Qwen3ForCausalLM:
 
 def tiny_target(seed: int = 0, **kw) -> TargetModel:
     return TargetModel(tiny_model(seed, **kw))
+
+
+def eval_tau(recipe: str, overrides: list[str]) -> float:
+    """The trainer's evaluation (tau on ``training.eval_limit`` held-out prompts) of the recipe's
+    drafter, as ``specforge train`` reports it (``eval_tau``)."""
+    from specforge_core.build import load_target
+    from specforge_core.recipe import load_recipe
+    from specforge_core.training.run import make_evaluator
+
+    r = load_recipe(recipe, overrides)
+    target = load_target(r.cfg.target)
+    d = r.drafter_cls(r.drafter_options, block_size=r.cfg.drafter.block_size, checkpoint=r.cfg.drafter.checkpoint)
+    d.bind(target)
+    target.capture(d.context_layers)
+    return make_evaluator(r, target, d)()["tau"]

@@ -9,8 +9,10 @@ records in ``sglang-dflash/.../speculative/dflash_info.py``, replay in
 Rounds. Round ``r`` takes the next ``opd.prompts_per_round`` prompts and
 
 1. **rolls out** with the engine itself - ``SpeculativeGenerator`` with the recipe's drafter
-   (+ corrector) and chain verifier at T = 0, the drafter's current weights - so the text is the
-   target's greedy text and the blocks are the ones inference proposes. ``on_cycle`` records what
+   (+ corrector), chain verifier and the drafter's current weights - so the blocks are the ones
+   inference proposes, and the text is the target's greedy text at T = 0 (the reference's rollout
+   temperature) or, with ``opd.rollout_temperature > 0``, a sample of the target's distribution
+   (speculative sampling is lossless), new text each round. ``on_cycle`` records what
    each verification exposed: the anchor's position, the drafted block, how many drafts were
    accepted, and the target's log-probability of every drafted token (``log_softmax`` of the
    verify logits, T = 1: conditioned on the drafts before it, as the reference records it);
@@ -36,7 +38,11 @@ Rounds. Round ``r`` takes the next ``opd.prompts_per_round`` prompts and
 
 With a corrector in the recipe its q is the policy trained: the block's logits are the
 corrector's teacher-forced ones (``Corrector.training_forward``) - on the committed tokens for the
-response stream, on the drafted ones for the rejected stream - and the drafter learns through it.
+response stream, on the drafted ones for the rejected stream - and the drafter learns through it
+(``training.component: drafter``), or the drafter and the corrector both (``both``).
+
+``opd.epochs_per_round`` (the reference: 1) replays a round's rollouts that many times, in a fresh
+order each pass, before the next round rolls out (verl's ``ppo_epochs``).
 
 Resumable: each round's rollouts are saved (``<output_dir>/rollouts/round-NNNNN.safetensors``,
 atomically) before its first step; the trainer's checkpoints do the rest, so a killed run
@@ -64,8 +70,10 @@ LOG_FLOOR, LOSS_CLAMP = -10.0, 10.0  # the reference's clamps (losses.py)
 
 
 # ---- 1. rollouts --------------------------------------------------------------------------------
-def rollout(gen: SpeculativeGenerator, prompt_ids: list[int], max_new: int, stop: list[int]) -> dict:
-    """One T = 0 generation with the engine, recording every verification (``on_cycle``).
+def rollout(gen: SpeculativeGenerator, prompt_ids: list[int], max_new: int, stop: list[int],
+            sampling: SamplingParams | None = None) -> dict:
+    """One generation with the engine (T = 0 unless ``sampling`` says otherwise), recording every
+    verification (``on_cycle``).
     Returns ``input_ids [S]``, ``loss_mask [S]`` (the generated tokens), ``anchors [C]`` (position of
     each cycle's anchor), ``accepted [C]``, ``drafted [C, n]`` (-1 padded) and ``drafted_logprob [C, n]``."""
     records = []
@@ -79,7 +87,7 @@ def rollout(gen: SpeculativeGenerator, prompt_ids: list[int], max_new: int, stop
     gen.on_cycle = record
     try:
         prompt = torch.tensor([prompt_ids])
-        out = gen.generate(prompt, max_new, SamplingParams(), stop)
+        out = gen.generate(prompt, max_new, sampling or SamplingParams(), stop)
     finally:
         gen.on_cycle = None
     width = max([len(r[2]) for r in records], default=1) or 1
@@ -250,12 +258,15 @@ def train_draft_opd(resolved, registry=None, progress: bool = True) -> dict:
     R = opd.prompts_per_round
     rounds = math.ceil(len(encoded) / R) * tr.epochs
     global_batch = tr.batch_size * tr.grad_accum
-    steps_per_round = math.ceil(R / global_batch)
+    steps_per_round = math.ceil(R * opd.epochs_per_round / global_batch)
     total = tr.max_steps or rounds * steps_per_round
+    rounds_run = math.ceil(total / steps_per_round)  # training.max_steps may stop before the prompts run out
     verifier = resolved.verifier_cls(resolved.verifier_options)
     gen = SpeculativeGenerator(target, drafter, verifier, corrector, cfg.drafter.num_speculative_tokens)
     meta_base = {"target": target_identity(target, cfg.target), "drafter": cfg.drafter.checkpoint,
                  "rollout_max_new_tokens": opd.rollout_max_new_tokens, "R": R, "k": cfg.drafter.num_speculative_tokens}
+    if opd.rollout_temperature > 0:  # (absent at T = 0: rollouts saved before the option existed stay valid)
+        meta_base["rollout_temperature"] = opd.rollout_temperature
     cache: dict = {}
 
     def round_rows(r: int) -> list[dict]:
@@ -274,9 +285,10 @@ def train_draft_opd(resolved, registry=None, progress: bool = True) -> dict:
             if progress:
                 from tqdm import tqdm
 
-                bar = tqdm(total=R, desc=f"rollouts, round {r + 1}/{rounds}", unit="prompt", leave=False)
-            for ids in chosen:
-                rows.append(rollout(gen, ids, opd.rollout_max_new_tokens, stop))
+                bar = tqdm(total=R, desc=f"rollouts, round {r + 1}/{rounds_run}", unit="prompt", leave=False)
+            for j, ids in enumerate(chosen):  # a sampled rollout's seed is fixed by (seed, round, prompt): resumable
+                sampling = SamplingParams(temperature=opd.rollout_temperature, seed=tr.seed * 1_000_003 + r * R + j)
+                rows.append(rollout(gen, ids, opd.rollout_max_new_tokens, stop, sampling))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(tau=f"{sum(float(x['tau']) for x in rows) / len(rows):.3f}")
@@ -290,14 +302,15 @@ def train_draft_opd(resolved, registry=None, progress: bool = True) -> dict:
 
     class RoundTrainer(Trainer):
         """Step ``s`` belongs to round ``s // steps_per_round``; its micro-batches are that round's
-        rollouts in an order fixed by (seed, round): resuming replays the same steps."""
+        rollouts, ``opd.epochs_per_round`` passes each in an order fixed by (seed, round): resuming
+        replays the same steps."""
 
         def indices(self, step: int) -> list[list[int]]:
             r, within = divmod(step, steps_per_round)
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + r)
-            perm = torch.randperm(R, generator=g)
+            order = torch.cat([torch.randperm(R, generator=g) for _ in range(opd.epochs_per_round)])  # [E * R]
             pos = within * self.global_batch + torch.arange(self.global_batch)
-            chosen = (r * R + perm[pos % R]).view(self.cfg.grad_accum, self.world, self.cfg.batch_size)
+            chosen = (r * R + order[pos % len(order)]).view(self.cfg.grad_accum, self.world, self.cfg.batch_size)
             return [chosen[m, self.rank].tolist() for m in range(self.cfg.grad_accum)]
 
     def make_batch(idx: list[int]) -> dict:
