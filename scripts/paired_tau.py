@@ -47,8 +47,8 @@ def main() -> None:
     boot_diff, boot_a = [], []
     for _ in range(args.resamples):  # resample prompts, the same ones for both records
         idx = [rng.randrange(n) for _ in range(n)]
-        boot_diff.append(tau(ra, idx) - tau(rb, idx))
         boot_a.append(tau(ra, idx))
+        boot_diff.append(boot_a[-1] - tau(rb, idx))
     se, se_a = statistics.stdev(boot_diff), statistics.stdev(boot_a)
     per = [tau(ra, [i]) - tau(rb, [i]) for i in every]
     print(f"{args.a} - {args.b}: tau {tau(ra, every):.4f} - {tau(rb, every):.4f} = {diff:+.4f}; paired SE {se:.4f} "

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from specforge_core.checkpoint import save_file_atomic
 
 
 def main() -> None:
@@ -31,9 +32,7 @@ def main() -> None:
         if name not in old or old[name].shape != t.shape:
             raise SystemExit(f"{dst} has no tensor {name} of shape {tuple(t.shape)}")
     merged = {name: (new[name].to(t.dtype) if name in new else t) for name, t in old.items()}
-    tmp = dst / f"model.safetensors.tmp-{os.getpid()}"
-    save_file(merged, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, dst / "model.safetensors")
+    save_file_atomic(merged, dst / "model.safetensors", metadata={"format": "pt"})
     print(f"{dst}: {len(new)} drafter tensors from {src}, {len(old) - len(new)} kept")
 
 

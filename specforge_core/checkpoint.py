@@ -149,6 +149,18 @@ def check_keys(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, tuple
             raise IncompatibleError(f"{where}: key {k} has shape {list(tensors[k].shape)}, expected {list(shape)}")
 
 
+def save_file_atomic(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Optional[dict] = None) -> None:
+    """``safetensors.torch.save_file`` to a temporary name next to ``path``, then renamed onto it:
+    a reader (or a resumed run) never sees half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    save_file(dict(tensors), str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
 def atomic_write_dir(directory: Path, write) -> None:
     """Call ``write(tmp_dir)`` then atomically replace ``directory`` with it."""
     directory = Path(directory)

@@ -20,9 +20,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from specforge_core.checkpoint import save_file_atomic
 from specforge_core.errors import IncompatibleError, RecipeError
 
 PREFIX = "confidence_head."
@@ -46,9 +47,7 @@ def save_head(head: ConfidenceHead, directory) -> None:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tensors = {PREFIX + k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}
-    tmp = d / (FILE + ".tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, d / FILE)
+    save_file_atomic(tensors, d / FILE)
     cfg = d / "config.json.tmp"
     cfg.write_text(json.dumps({"hidden_size": head.hidden_size, "enable_confidence_head": True}, indent=1))
     os.replace(cfg, d / "config.json")

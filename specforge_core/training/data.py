@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 
+from ..checkpoint import save_file_atomic
 from ..errors import InputError, ModelLoadError
 from ..prompts import encode_prompt, prompt_messages, prompt_text, read_jsonl
 
@@ -218,18 +218,13 @@ def _generate_batch(target, batch: list[list[int]], cfg: RegenConfig, stop: list
 
 
 def save_sequences(path: Path, seqs: list[TokenizedSequence]) -> None:
-    from safetensors.torch import save_file
-
     lengths = torch.tensor([len(s.input_ids) for s in seqs], dtype=torch.long)
     tensors = {
         "input_ids": torch.cat([s.input_ids for s in seqs]) if seqs else torch.zeros(0, dtype=torch.long),
         "loss_mask": torch.cat([s.loss_mask for s in seqs]) if seqs else torch.zeros(0, dtype=torch.long),
         "lengths": lengths,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)  # atomic: a reader never sees half a file
+    save_file_atomic(tensors, path)
 
 
 def load_sequences(path: Path) -> list[TokenizedSequence]:
@@ -267,8 +262,6 @@ def _cache_each(sequences: list[TokenizedSequence], directory: Path, compute, de
     """One safetensors file per sequence (``compute(seq) -> {name: tensor}``), written atomically and
     named by the sequence's content: computed once, reused by every later run - also by a run whose
     prompt file has grown."""
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     todo = [s for s in sequences if not (directory / f"{sequence_key(s)}.safetensors").is_file()]
@@ -279,9 +272,7 @@ def _cache_each(sequences: list[TokenizedSequence], directory: Path, compute, de
         bar = tqdm(total=len(todo), desc=desc, unit="seq")
     for seq in todo:
         f = directory / f"{sequence_key(seq)}.safetensors"
-        tmp = f.with_name(f.name + f".tmp-{os.getpid()}")
-        save_file({k: v.cpu().contiguous() for k, v in compute(seq).items()}, str(tmp))
-        os.replace(tmp, f)
+        save_file_atomic({k: v.cpu().contiguous() for k, v in compute(seq).items()}, f)
         if bar is not None:
             bar.update(1)
     if bar is not None:

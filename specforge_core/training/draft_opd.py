@@ -54,12 +54,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import save_file_atomic
 from ..errors import ModelLoadError, RecipeError
 from ..interfaces import Corrector, DraftBlock
 from ..sampling import SamplingParams
@@ -104,13 +104,8 @@ def rollout(gen: SpeculativeGenerator, prompt_ids: list[int], max_new: int, stop
 
 
 def save_round(path: Path, rows: list[dict], meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"{i}.{k}": v.contiguous() for i, row in enumerate(rows) for k, v in row.items()}
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta, sort_keys=True), "n": str(len(rows))})
-    os.replace(tmp, path)
+    save_file_atomic(tensors, path, metadata={"meta": json.dumps(meta, sort_keys=True), "n": str(len(rows))})
 
 
 def load_round(path: Path, meta: dict) -> list[dict]:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 
 import torch
 
 from ..build import build_pipeline, load_target
+from ..checkpoint import save_file_atomic
 from ..errors import RecipeError
 from ..prompts import encode_prompt
 from ..recipe import ResolvedRecipe, resolve_path
@@ -143,15 +143,10 @@ def _collect(gen, policy, target, cfg, prompts, max_new, stop, cache: Path, prog
 def save_collection(path: Path, done: int, examples: list) -> None:
     """Atomically, as safetensors (no pickle): each example's tensors under ``"{i}.{key}"``, its other
     (JSON) values and the number of prompts done in the metadata. Examples are the policy's dicts."""
-    from safetensors.torch import save_file
-
     tensors = {f"{i}.{k}": v.contiguous() for i, ex in enumerate(examples) for k, v in ex.items()
                if isinstance(v, torch.Tensor)}
     plain = [{k: v for k, v in ex.items() if not isinstance(v, torch.Tensor)} for ex in examples]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"done": str(done), "plain": json.dumps(plain)})
-    os.replace(tmp, path)
+    save_file_atomic(tensors, path, metadata={"done": str(done), "plain": json.dumps(plain)})
 
 
 def load_collection(path: Path) -> "tuple[int, list]":
